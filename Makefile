@@ -1,0 +1,41 @@
+# Two commands matter: `make e2e` (the journeys, headless, with the HTML report and
+# traces) and `make test` (the framework's own tests plus the journeys). Both bootstrap.
+PY      := .venv/bin/python
+PYTEST  := $(PY) -m pytest
+REPORTS := reports
+HEADED  ?=
+PYTEST_ARGS ?=
+E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),)
+
+.PHONY: bootstrap test e2e lint typecheck bench stack-up stack-down clean doctor
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+test: bootstrap
+	@mkdir -p $(REPORTS)
+	$(PYTEST) tests journeys --junitxml=$(REPORTS)/junit-test.xml $(PYTEST_ARGS)
+
+e2e: bootstrap
+	@mkdir -p $(REPORTS)
+	$(PYTEST) journeys $(E2E_FLAGS) --html=$(REPORTS)/report.html --self-contained-html \
+		--junitxml=$(REPORTS)/junit.xml $(PYTEST_ARGS)
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench: bootstrap
+	$(PY) scripts/bench_infra.py
+
+doctor: bootstrap
+	.venv/bin/throughline doctor
+
+stack-up: bootstrap
+	.venv/bin/throughline stack up --detach
+
+stack-down:
+	.venv/bin/throughline stack down
+
+clean:
+	rm -rf $(REPORTS) .throughline .pytest_cache

@@ -1,0 +1,132 @@
+"""pytest plugin: the world (`stack`) and the probes of its stores.
+
+Layers, like playwright-pytest: the stack is session-scoped (started once, torn down
+at the end even on Ctrl-C or SIGTERM), probes are function-scoped and record every
+answer into the test's data trail for the report.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
+from harness.stack import ALL, Stack, parse_only
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("throughline", "Throughline stack")
+    group.addoption("--stack-only", default=os.environ.get("THROUGHLINE_STACK_ONLY", "all"),
+                    help="which services the local stack starts: all, infra, externals or a comma list")
+    group.addoption("--keep-run-dir", action="store_true", default=False,
+                    help="keep the stack's run directory (data + logs) after the session")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI cancelling a job) becomes an interrupt, so session fixtures tear the stack down.
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"received signal {signum}")
+
+    if hasattr(signal, "SIGTERM"):
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread (pytester in-process)
+            pass
+
+
+@pytest.fixture(scope="session")
+def stack_services(pytestconfig: pytest.Config) -> tuple[str, ...]:
+    """Names of the services the local stack starts; override to trim the world for a test module."""
+    return parse_only(pytestconfig.getoption("--stack-only"))
+
+
+@pytest.fixture(scope="session")
+def stack(pytestconfig: pytest.Config, stack_services: tuple[str, ...]) -> Iterator[Stack]:
+    """The running platform (local, started here; or external, from THROUGHLINE_* variables)."""
+    world = Stack.from_environment(only=stack_services or ALL,
+                                   keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir")))
+    world.start()
+    _register_report_providers(world)
+    try:
+        yield world
+    finally:
+        world.stop()
+
+
+def _register_report_providers(world: Stack) -> None:
+    """Hand the report the service log tails and the real-vs-stand-in inventory, if the report is loaded."""
+    try:
+        from harness import report
+    except ImportError:
+        return
+    register_logs = getattr(report, "register_log_tail_provider", None)
+    if register_logs is not None and not world.external:
+        register_logs(lambda: world.log_tails(40))
+    register_env = getattr(report, "register_environment_provider", None)
+    if register_env is not None:
+        register_env(lambda: {"mode": "external" if world.external else "local",
+                              "components": world.component_kinds(),
+                              "run_dir": str(world.run_dir or "")})
+
+
+@pytest.fixture
+def probe_recorder(request: pytest.FixtureRequest) -> Callable[[ProbeRecord], None]:
+    """Where probe answers go: the test's data trail when the browser layer provides one."""
+    trail: Any = None
+    if "data_trail" in request.fixturenames or _has_fixture(request, "data_trail"):
+        trail = request.getfixturevalue("data_trail")
+    records: list[ProbeRecord] = []
+
+    def record(item: ProbeRecord) -> None:
+        records.append(item)
+        if trail is not None:
+            trail.append((item.label, item.query, item.value))
+
+    return record
+
+
+def _has_fixture(request: pytest.FixtureRequest, name: str) -> bool:
+    try:
+        return bool(request._fixturemanager.getfixturedefs(name, request.node))
+    except Exception:  # noqa: BLE001 - private API; absence is the safe answer
+        return False
+
+
+@dataclass
+class PostgresProbes:
+    """Both PostgreSQL databases of the platform."""
+
+    auth: PostgresProbe
+    backend: PostgresProbe
+
+
+@pytest.fixture
+async def pg(stack: Stack, probe_recorder: Callable[[ProbeRecord], None]) -> AsyncIterator[PostgresProbes]:
+    """Read-only probes of the `auth` and `backend` databases."""
+    probes = PostgresProbes(PostgresProbe(stack.urls["auth_dsn"], name="postgres/auth", recorder=probe_recorder),
+                            PostgresProbe(stack.urls["backend_dsn"], name="postgres/backend",
+                                          recorder=probe_recorder))
+    yield probes
+    await probes.auth.close()
+    await probes.backend.close()
+
+
+@pytest.fixture
+async def ch(stack: Stack, probe_recorder: Callable[[ProbeRecord], None]) -> AsyncIterator[ClickHouseProbe]:
+    """ClickHouse probe of the `analytics` database."""
+    probe = ClickHouseProbe(stack.urls["clickhouse_url"], recorder=probe_recorder)
+    yield probe
+    await probe.close()
+
+
+@pytest.fixture
+async def redis(stack: Stack, probe_recorder: Callable[[ProbeRecord], None]) -> AsyncIterator[RedisProbe]:
+    """Redis probe."""
+    probe = RedisProbe(stack.urls["redis_url"], recorder=probe_recorder)
+    yield probe
+    await probe.close()

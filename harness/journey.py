@@ -1,0 +1,101 @@
+"""The `journey` marker: what a journey is called, how much it matters, what it crosses.
+
+    @pytest.mark.journey(name="Signup, login, chat", priority="P0", mrr=100_000,
+                         components=["auth", "backend", "frontend", "websocket"])
+
+`journey(...)` builds the same marker and validates it at import time; the browser plugin
+validates every marker at collection, so a typo is a collection error, never a silent gap
+in the release summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+PRIORITIES = ("P0", "P1")
+COMPONENTS = frozenset(
+    {
+        "auth",
+        "backend",
+        "frontend",
+        "websocket",
+        "agent",
+        "postgres",
+        "clickhouse",
+        "redis",
+        "oauth",
+        "llm",
+        "email",
+    }
+)
+MARKER_HELP = (
+    "journey(name, priority, mrr, components): a critical user journey with its priority (P0/P1), "
+    "the revenue it protects and the components it crosses"
+)
+
+
+class JourneyMarkerError(ValueError):
+    """A `journey` marker with a missing or unknown value."""
+
+
+@dataclass(frozen=True)
+class JourneyInfo:
+    """A validated journey marker."""
+
+    name: str
+    priority: str
+    mrr: int
+    components: tuple[str, ...]
+
+
+def validate_journey(
+    name: Any = None, priority: Any = None, mrr: Any = 0, components: Any = None, **unknown: Any
+) -> JourneyInfo:
+    """Check the marker's values; raise JourneyMarkerError naming every problem and the vocabulary."""
+    problems = []
+    if unknown:
+        problems.append(f"unknown argument(s) {sorted(unknown)}; expected name, priority, mrr, components")
+    if not isinstance(name, str) or not name.strip():
+        problems.append("name must be a non-empty string, e.g. name='Signup, login, chat'")
+    if priority not in PRIORITIES:
+        problems.append(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
+    if isinstance(mrr, bool) or not isinstance(mrr, int) or mrr < 0:
+        problems.append(f"mrr must be a non-negative int (monthly revenue protected, USD), got {mrr!r}")
+    if isinstance(components, str) or not isinstance(components, Iterable):
+        problems.append("components must be a list, e.g. components=['auth', 'frontend']")
+        comps: tuple[str, ...] = ()
+    else:
+        comps = tuple(components)
+        unknown_comps = [c for c in comps if c not in COMPONENTS]
+        if unknown_comps:
+            problems.append(
+                f"unknown component(s) {', '.join(map(repr, unknown_comps))}; "
+                f"known components: {', '.join(sorted(COMPONENTS))}"
+            )
+        if not comps:
+            problems.append("components must name at least one component")
+    if problems:
+        raise JourneyMarkerError("invalid @pytest.mark.journey: " + "; ".join(problems))
+    return JourneyInfo(name=name.strip(), priority=priority, mrr=mrr, components=comps)
+
+
+def journey(name: str, priority: str, mrr: int = 0, components: Iterable[str] = ()) -> pytest.MarkDecorator:
+    """`@journey(...)`: the `journey` marker, validated when the module is imported."""
+    info = validate_journey(name=name, priority=priority, mrr=mrr, components=list(components))
+    return pytest.mark.journey(
+        name=info.name, priority=info.priority, mrr=info.mrr, components=list(info.components)
+    )
+
+
+def journey_info(item: pytest.Item) -> JourneyInfo | None:
+    """The validated journey marker of a test item, or None for a plain test."""
+    mark = item.get_closest_marker("journey")
+    if mark is None:
+        return None
+    if mark.args:
+        raise JourneyMarkerError("invalid @pytest.mark.journey: use keyword arguments only")
+    return validate_journey(**mark.kwargs)

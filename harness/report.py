@@ -1,0 +1,334 @@
+"""pytest-html enrichment: a release summary on top, journey columns, steps, failure evidence.
+
+The stack fixture hands the report what only it knows:
+
+    from harness import report
+    report.register_log_tail_provider(lambda: stack.log_tails(40))      # {service: last lines}
+    report.register_environment_provider(lambda: {
+        "mode": "local",
+        "components": {"postgres": "real", "llm": "stand-in: OpenAI-compatible", ...},
+        "run_dir": "...",
+    })
+
+Every text this module puts into a report goes through `harness.redact.redact`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from harness.journey import COMPONENTS, PRIORITIES, JourneyInfo
+from harness.redact import redact, redact_value
+
+LogTailProvider = Callable[[], dict[str, str]]
+EnvironmentProvider = Callable[[], dict[str, Any]]
+
+_log_tail_providers: list[LogTailProvider] = []
+_environment_providers: list[EnvironmentProvider] = []
+_environment_snapshot: dict[str, Any] = {}
+
+JOURNEYS_KEY = pytest.StashKey[dict[str, JourneyInfo]]()
+
+LOG_TAIL_LINES = 40
+
+
+def _unregister(registry: list[Any], fn: Any) -> Callable[[], None]:
+    def unregister() -> None:
+        if fn in registry:
+            registry.remove(fn)
+
+    return unregister
+
+
+def register_log_tail_provider(fn: LogTailProvider) -> Callable[[], None]:
+    """Register fn() -> {service name: last log lines}; called when a test fails. Returns an unregister."""
+    _log_tail_providers.append(fn)
+    return _unregister(_log_tail_providers, fn)
+
+
+def register_environment_provider(fn: EnvironmentProvider) -> Callable[[], None]:
+    """Register fn() -> dict for the summary: "components" {name: "real" | "stand-in: ..."} plus any rows.
+
+    Called now (snapshot, because session fixtures are gone when the summary is written) and
+    again after every test while registered. Returns an unregister callable.
+    """
+    _environment_providers.append(fn)
+    _refresh_environment()
+    return _unregister(_environment_providers, fn)
+
+
+def _refresh_environment() -> None:
+    for fn in list(_environment_providers):
+        try:
+            _environment_snapshot.update(fn() or {})
+        except Exception as exc:  # noqa: BLE001 - the report must not fail because a provider did
+            _environment_snapshot[f"provider error ({getattr(fn, '__name__', 'provider')})"] = repr(exc)
+
+
+def collect_log_tails(lines: int = LOG_TAIL_LINES) -> dict[str, str]:
+    """The registered services' last log lines, redacted; a failing provider reports its error."""
+    tails: dict[str, str] = {}
+    for fn in list(_log_tail_providers):
+        try:
+            for name, text in (fn() or {}).items():
+                tails[name] = redact("\n".join(str(text).splitlines()[-lines:]))
+        except Exception as exc:  # noqa: BLE001
+            tails[f"provider {getattr(fn, '__name__', 'provider')}"] = f"<log tail provider failed: {exc!r}>"
+    return tails
+
+
+@dataclass(frozen=True)
+class TrailEntry:
+    """One question a journey asked a store, and the answer."""
+
+    label: str
+    query: str
+    value: Any
+
+
+class DataTrail(list):  # type: ignore[type-arg]
+    """What the journey asked the stores and got back: append((label, query, value)) or add(...)."""
+
+    def add(self, label: str, query: str, value: Any) -> None:
+        self.append((label, query, value))
+
+    def entries(self) -> list[TrailEntry]:
+        out = []
+        for item in self:
+            if isinstance(item, TrailEntry):
+                out.append(item)
+            elif isinstance(item, tuple | list) and len(item) == 3:
+                out.append(TrailEntry(str(item[0]), str(item[1]), item[2]))
+            else:
+                out.append(TrailEntry(getattr(item, "label", "?"), getattr(item, "query", ""), item))
+        return out
+
+    def format(self) -> str:
+        rows = []
+        for e in self.entries():
+            try:
+                value = json.dumps(redact_value(e.value), default=str, ensure_ascii=False)
+            except (TypeError, ValueError):
+                value = repr(e.value)
+            rows.append(f"- {e.label}\n    query: {e.query}\n    value: {value[:2000]}")
+        return redact("\n".join(rows)) if rows else "(no probe results recorded)"
+
+
+_current_trail: DataTrail | None = None
+
+
+def set_current_trail(trail: DataTrail | None) -> None:
+    global _current_trail
+    _current_trail = trail
+
+
+def record_data(label: str, query: str, value: Any) -> None:
+    """Append to the running test's data trail (for helpers that get no fixtures)."""
+    if _current_trail is not None:
+        _current_trail.add(label, query, value)
+
+
+# -- rendering helpers -------------------------------------------------------------
+def esc(text: Any) -> str:
+    return html.escape(redact(str(text)))
+
+
+def text_block(title: str, text: str) -> str:
+    return (
+        f'<details class="tl-section" open><summary><b>{esc(title)}</b></summary>'
+        f'<pre style="white-space:pre-wrap">{esc(text)}</pre></details>'
+    )
+
+
+def money(value: int) -> str:
+    return f"${value:,}"
+
+
+# -- the pytest-html side -------------------------------------------------------------
+@dataclass
+class _Outcome:
+    outcome: str = "passed"
+    duration: float = 0.0
+
+
+@dataclass
+class ReportPlugin:
+    """Registered by the browser plugin; its pytest-html hooks are optional (no pytest-html, no-op)."""
+
+    config: pytest.Config
+    started: float = field(default_factory=time.time)
+    outcomes: dict[str, _Outcome] = field(default_factory=dict)
+
+    @property
+    def journeys(self) -> dict[str, JourneyInfo]:
+        return self.config.stash.get(JOURNEYS_KEY, {})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = self.outcomes.setdefault(report.nodeid, _Outcome())
+        entry.duration += report.duration
+        if report.failed:
+            entry.outcome = "failed"
+        elif report.skipped and entry.outcome != "failed":
+            entry.outcome = "skipped"
+        if report.when == "teardown":
+            _refresh_environment()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_report_title(self, report: Any) -> None:
+        report.title = "Throughline: end-to-end journeys"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.insert(2, '<th class="sortable" data-column-type="priority">Priority</th>')
+        cells.insert(3, '<th class="sortable" data-column-type="mrr">MRR</th>')
+        cells.insert(4, '<th data-column-type="components">Components</th>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
+        info = self.journeys.get(getattr(report, "nodeid", ""))
+        cells.insert(2, f'<td class="col-priority">{esc(info.priority) if info else "—"}</td>')
+        cells.insert(3, f'<td class="col-mrr">{money(info.mrr) if info else "—"}</td>')
+        cells.insert(4, f'<td class="col-components">{esc(", ".join(info.components)) if info else ""}</td>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_html(self, report: Any, data: list[str]) -> None:
+        # The log pane (longrepr, captured output, sections): redact what may have escaped so far.
+        data[:] = [html.escape(redact(html.unescape(chunk)), quote=False) for chunk in data]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: Any = None
+    ) -> None:
+        prefix.append(self.summary_html())
+
+    # -- the release manager's summary ----------------------------------------------
+    def summary_html(self) -> str:
+        journeys = {nid: info for nid, info in self.journeys.items() if nid in self.outcomes}
+        parts = ['<div class="tl-summary"><h2>Release summary</h2>']
+        protected = sum(i.mrr for n, i in journeys.items() if self.outcomes[n].outcome == "passed")
+        at_risk = sum(i.mrr for n, i in journeys.items() if self.outcomes[n].outcome == "failed")
+        counts = {
+            k: sum(1 for n in journeys if self.outcomes[n].outcome == k)
+            for k in ("passed", "failed", "skipped")
+        }
+        duration = time.time() - self.started
+        verdict = (
+            "RELEASE BLOCKED"
+            if any(self.outcomes[n].outcome == "failed" and i.priority == "P0" for n, i in journeys.items())
+            else ("AT RISK" if counts["failed"] else "GREEN")
+        )
+        parts.append(
+            f"<p><b>{verdict}</b>: {len(journeys)} journeys, {counts['passed']} passed, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped. "
+            f"MRR protected {money(protected)}; MRR at risk {money(at_risk)}. "
+            f"Suite duration {duration:.1f} s.</p>"
+        )
+        parts.append(
+            "<table><tr><th>Priority</th><th>Journeys</th><th>Passed</th><th>Failed</th><th>Skipped</th>"
+            "<th>MRR protected</th><th>MRR at risk</th></tr>"
+        )
+        for priority in PRIORITIES:
+            these = {n: i for n, i in journeys.items() if i.priority == priority}
+            if not these:
+                continue
+            c = {
+                k: sum(1 for n in these if self.outcomes[n].outcome == k)
+                for k in ("passed", "failed", "skipped")
+            }
+            p = sum(i.mrr for n, i in these.items() if self.outcomes[n].outcome == "passed")
+            r = sum(i.mrr for n, i in these.items() if self.outcomes[n].outcome == "failed")
+            parts.append(
+                f"<tr><td>{priority}</td><td>{len(these)}</td><td>{c['passed']}</td><td>{c['failed']}</td>"
+                f"<td>{c['skipped']}</td><td>{money(p)}</td><td>{money(r)}</td></tr>"
+            )
+        parts.append("</table>")
+        if journeys:
+            parts.append(
+                "<table><tr><th>Journey</th><th>Priority</th><th>Result</th><th>MRR</th>"
+                "<th>Components</th></tr>"
+            )
+            order = {"failed": 0, "skipped": 1, "passed": 2}
+            for nid, info in sorted(
+                journeys.items(), key=lambda kv: (order[self.outcomes[kv[0]].outcome], kv[1].priority)
+            ):
+                parts.append(
+                    f"<tr><td title='{esc(nid)}'>{esc(info.name)}</td><td>{info.priority}</td>"
+                    f"<td>{self.outcomes[nid].outcome}</td><td>{money(info.mrr)}</td>"
+                    f"<td>{esc(', '.join(info.components))}</td></tr>"
+                )
+            parts.append("</table>")
+        covered = sorted({c for i in journeys.values() for c in i.components})
+        passed_cov = sorted(
+            {c for n, i in journeys.items() if self.outcomes[n].outcome == "passed" for c in i.components}
+        )
+        parts.append(
+            f"<p>Components covered: {esc(', '.join(covered) or 'none')} "
+            f"({len(covered)}/{len(COMPONENTS)}); proven by a passing journey: "
+            f"{esc(', '.join(passed_cov) or 'none')}; not covered: "
+            f"{esc(', '.join(sorted(COMPONENTS - set(covered))) or 'none')}.</p>"
+        )
+        parts.append(self._environment_html())
+        parts.append("</div>")
+        return "".join(parts)
+
+    def _environment_html(self) -> str:
+        _refresh_environment()
+        env = dict(_environment_snapshot)
+        components = env.pop("components", None)
+        real = list(env.pop("real", []) or [])
+        stand_ins = list(env.pop("stand_ins", []) or [])
+        if isinstance(components, dict):
+            for name, kind in components.items():
+                (real if str(kind).strip().lower() == "real" else stand_ins).append(
+                    name if str(kind).lower() == "real" else f"{name} ({kind})"
+                )
+        parts = []
+        total = len(real) + len(stand_ins)
+        if total:
+            parts.append(
+                f"<p>Real vs stand-in: {len(real)} real / {len(stand_ins)} stand-in "
+                f"({100 * len(real) / total:.0f}% real). Real: {esc(', '.join(real) or 'none')}. "
+                f"Stand-ins: {esc(', '.join(stand_ins) or 'none')}.</p>"
+            )
+        else:
+            parts.append("<p>Real vs stand-in: unknown (no environment provider registered).</p>")
+        if env:
+            parts.append("<table><tr><th>Environment</th><th></th></tr>")
+            parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items()]
+            parts.append("</table>")
+        return "".join(parts)
+
+
+def html_extra(config: pytest.Config, content: str) -> dict[str, Any] | None:
+    """A pytest-html `html` extra, or None without pytest-html."""
+    plugin = config.pluginmanager.getplugin("html")
+    if plugin is None:
+        return None
+    return plugin.extras.html(content)
+
+
+def failure_text_sections(
+    failed_step: str | None,
+    steps_text: str | None,
+    recorders: Iterable[Any],
+    trail: DataTrail | None,
+    log_tails: dict[str, str],
+) -> list[tuple[str, str]]:
+    """(title, text) report sections for a failed test, all redacted."""
+    sections = [("Failed step", failed_step or "no step failed: the failure happened outside any step()")]
+    if steps_text:
+        sections.append(("Steps", steps_text))
+    for recorder in recorders:
+        sections.append((f"WebSocket frames ({recorder.label})", recorder.format_frames(last=30)))
+    if trail is not None:
+        sections.append(("Data trail", trail.format()))
+    for name, tail in log_tails.items():
+        sections.append((f"Service log: {name}", tail))
+    return [(redact(t), redact(s)) for t, s in sections]

@@ -140,10 +140,10 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         found = importlib.util.find_spec(module) is not None
         checks.append((f"python: {module}", found, "installed" if found else fix))
     try:
-        from harness.browser import find_chromium_executable  # type: ignore[attr-defined]
+        from harness.browser import load_settings, resolve_chromium_executable
 
-        exe = find_chromium_executable()
-        checks.append(("Chromium", True, str(exe)))
+        exe, where = resolve_chromium_executable(load_settings(), None)
+        checks.append(("Chromium", True, where))
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
         checks.append(("Chromium", False, f"{exc} (apt-get install chromium, or set THROUGHLINE_CHROMIUM)"))
     if os.geteuid() == 0:

@@ -1,0 +1,240 @@
+"""ChatPanel: the chat region of the dashboard (threads, messages, streaming replies, connection)."""
+
+# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from playwright.async_api import Locator, Page
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
+from pages.base import DEFAULT_TIMEOUT_S, BasePage
+
+ConnectionState = Literal["connecting", "connected", "reconnecting", "offline"]
+REPLY_TIMEOUT_S = max(DEFAULT_TIMEOUT_S, 20.0)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message as the log shows it."""
+
+    role: str
+    text: str
+    agent: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished assistant reply: the answering agent (`data`, `general`, ...) and its text."""
+
+    agent: str
+    text: str
+    tools: list[str] = field(default_factory=list)
+    chunks: int = 0
+
+
+_READ_MESSAGES = """els => els.map(el => ({
+    role: el.dataset.role,
+    agent: el.dataset.agent || null,
+    status: el.dataset.status || null,
+    text: (el.querySelector('[data-testid="message-text"]')?.firstChild?.textContent
+           ?? el.querySelector('[data-testid="message-text"]')?.textContent ?? '').trim(),
+}))"""
+
+
+class ChatPanel(BasePage):
+    """A region of the dashboard, not a page of its own; it needs no base URL."""
+
+    def __init__(self, page: Page, base_url: str = "") -> None:
+        super().__init__(page, base_url)
+        self._assistant_count_at_send: int | None = None
+
+    # ------------------------------------------------------------------ locators
+
+    @property
+    def root(self) -> Locator:
+        return self.page.get_by_role("region", name="Chat", exact=True)
+
+    @property
+    def input(self) -> Locator:
+        return self.root.get_by_label("Message", exact=True)
+
+    @property
+    def send_button(self) -> Locator:
+        return self.root.get_by_role("button", name="Send", exact=True)
+
+    @property
+    def log(self) -> Locator:
+        return self.root.get_by_role("log", name="Messages")
+
+    @property
+    def message_items(self) -> Locator:
+        return self.log.get_by_test_id("message")
+
+    @property
+    def assistant_items(self) -> Locator:
+        return self.log.locator('[data-testid="message"][data-role="assistant"]')
+
+    @property
+    def threads_nav(self) -> Locator:
+        return self.root.get_by_role("navigation", name="Threads")
+
+    @property
+    def status(self) -> Locator:
+        return self.root.get_by_test_id("connection-status")
+
+    @property
+    def activity(self) -> Locator:
+        return self.root.get_by_test_id("tool-activity")
+
+    # ------------------------------------------------------------------ connection
+
+    async def connection_state(self) -> str | None:
+        return await self.status.get_attribute("data-state")
+
+    async def wait_for_connection(self, state: ConnectionState, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Wait until the connection indicator shows `state`."""
+        __tracebackhide__ = True
+        await self.expect_attribute(
+            self.status, "data-state", state, f"the chat connection to be {state}", timeout
+        )
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, text: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Type `text` into "Message" and press "Send" (waits until sending is possible)."""
+        __tracebackhide__ = True
+        await self.expect_visible(
+            self.send_button.and_(self.page.locator(":enabled")), 'an enabled "Send"', timeout
+        )
+        self._assistant_count_at_send = await self.assistant_items.count()
+        await self.input.fill(text)
+        await self.send_button.click()
+        await self.expect_visible(
+            self.message_items.filter(has_text=text).last, f"my message {text!r} in the conversation", timeout
+        )
+
+    async def wait_for_stream_started(self, timeout: float = REPLY_TIMEOUT_S) -> Locator:
+        """Wait until the reply to the last send has rendered at least one streamed chunk."""
+        __tracebackhide__ = True
+        reply = self.assistant_items.nth(self._assistant_count_at_send or 0)
+        await self.expect_visible(
+            reply.and_(self.page.locator("[data-chunks]:not([data-chunks='0'])")),
+            "the reply to start streaming",
+            timeout,
+        )
+        return reply
+
+    async def wait_for_reply(self, contains: str | None = None, timeout: float = REPLY_TIMEOUT_S) -> Reply:
+        """Wait for the reply to the last send() to finish; -> Reply(agent, text).
+
+        Fails fast, naming what the screen shows, when the turn ends in an error banner or a
+        rate-limit notice instead of a reply.
+        """
+        __tracebackhide__ = True
+        index = self._assistant_count_at_send
+        if index is None:
+            index = max(await self.assistant_items.count() - 1, 0)
+        reply = self.assistant_items.nth(index)
+        done = reply.and_(self.page.locator('[data-status="complete"], [data-status="failed"]'))
+        banner = self.page.get_by_test_id("error-banner")
+        rate = self.page.get_by_test_id("rate-limit-notice")
+        await self.expect_visible(done.or_(banner).or_(rate), "a reply from the assistant", timeout)
+        if await reply.count() == 0 or await reply.get_attribute("data-status") != "complete":
+            # an error or a rate limit arrived first; a reply may still be finishing on a recoverable error
+            try:
+                await reply.and_(self.page.locator('[data-status="complete"]')).wait_for(timeout=500)
+            except PlaywrightTimeoutError:
+                raise AssertionError(
+                    f"expected a reply from the assistant, but the turn ended without one: "
+                    f"error banner {await self.text_or_none(banner)!r}, "
+                    f"rate-limit notice {await self.text_or_none(rate)!r}, "
+                    f"last messages {[m.text for m in (await self.messages())[-3:]]!r}.\n"
+                    f"{await self.describe_screen()}"
+                ) from None
+        agent = await reply.get_attribute("data-agent") or ""
+        text = " ".join((await reply.get_by_test_id("message-text").inner_text()).split())
+        tools = [
+            t
+            for t in await reply.get_by_test_id("tool-use").evaluate_all(
+                "els => els.map(e => e.dataset.tool)"
+            )
+        ]
+        chunks = int(await reply.get_attribute("data-chunks") or 0)
+        if contains is not None and contains not in text:
+            raise AssertionError(
+                f"the {agent} agent replied {text!r}, which does not contain {contains!r}.\n{await self.describe_screen()}"
+            )
+        self._assistant_count_at_send = None
+        return Reply(agent=agent, text=text, tools=tools, chunks=chunks)
+
+    async def ask(self, text: str, contains: str | None = None, timeout: float = REPLY_TIMEOUT_S) -> Reply:
+        """send() then wait_for_reply()."""
+        __tracebackhide__ = True
+        await self.send(text)
+        return await self.wait_for_reply(contains=contains, timeout=timeout)
+
+    # ------------------------------------------------------------------ activity
+
+    async def tool_activity(self) -> str | None:
+        """The tool activity line ("Running get_my_usage…"), or None when idle."""
+        return await self.text_or_none(self.activity)
+
+    async def wait_for_tool_activity(self, contains: str, timeout: float = REPLY_TIMEOUT_S) -> str:
+        __tracebackhide__ = True
+        line = self.activity.filter(has_text=contains)
+        await self.expect_visible(line, f"the tool activity line saying {contains!r}", timeout)
+        return " ".join((await line.inner_text()).split())
+
+    # ------------------------------------------------------------------ history
+
+    async def messages(self) -> list[Message]:
+        """Every message in the open conversation, oldest first."""
+        raw = await self.message_items.evaluate_all(_READ_MESSAGES)
+        return [
+            Message(role=m["role"], text=" ".join(m["text"].split()), agent=m["agent"], status=m["status"])
+            for m in raw
+        ]
+
+    async def wait_for_messages(self, count: int, timeout: float = DEFAULT_TIMEOUT_S) -> list[Message]:
+        """Wait until the log holds at least `count` messages (e.g. after a reload restored them)."""
+        __tracebackhide__ = True
+        await self.expect_visible(
+            self.message_items.nth(count - 1), f"at least {count} messages in the log", timeout
+        )
+        return await self.messages()
+
+    async def threads(self) -> list[str]:
+        """Thread titles in the Threads navigation, in the order shown."""
+        buttons = self.threads_nav.get_by_role("listitem").get_by_role("button")
+        return [" ".join(t.split()) for t in await buttons.all_inner_texts()]
+
+    async def active_thread(self) -> str | None:
+        """Title of the selected thread, or None (a new chat)."""
+        return await self.text_or_none(self.threads_nav.locator("[aria-current='true']"))
+
+    async def wait_for_thread(self, title: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        __tracebackhide__ = True
+        await self.expect_visible(
+            self.threads_nav.get_by_role("button", name=title), f"the thread {title!r} in Threads", timeout
+        )
+
+    async def open_thread(self, title: str, timeout: float = DEFAULT_TIMEOUT_S) -> list[Message]:
+        """Open the thread titled `title`; -> its messages once loaded."""
+        __tracebackhide__ = True
+        button = self.threads_nav.get_by_role("button", name=title).first
+        await self.expect_visible(button, f"the thread {title!r} in Threads", timeout)
+        await button.click()
+        await self.expect_attribute(
+            button, "aria-current", "true", f"thread {title!r} to be selected", timeout
+        )
+        await self.expect_visible(
+            self.log.and_(self.page.locator(":not([aria-busy])")), "the thread's messages", timeout
+        )
+        return await self.messages()
+
+    async def new_chat(self) -> None:
+        await self.threads_nav.get_by_role("button", name="New chat").click()

@@ -26,7 +26,10 @@ lint: bootstrap
 	.venv/bin/mypy
 
 bench: bootstrap
-	$(PY) scripts/bench_infra.py
+	$(PY) scripts/bench_start.py --only infra
+	$(PY) scripts/bench_start.py --only all
+	$(PY) scripts/bench_chat.py
+	$(PY) scripts/bench_journeys.py --runs 3
 
 doctor: bootstrap
 	.venv/bin/throughline doctor

@@ -150,7 +150,9 @@ class Stack:
         self._compute_urls(ports, smtp_http)
         self.platform_env = self._platform_env(ports)
         try:
-            for group in (INFRA, EXTERNALS, ("auth",), ("backend",), ("frontend",)):
+            # Apps fetch from each other lazily (JWKS, OIDC discovery), so after the stores
+            # everything else starts at once; ready means each one's /health answers.
+            for group in (INFRA, EXTERNALS + APPS):
                 specs = [self._spec(name, ports, smtp_http) for name in group if name in self.only]
                 self._start_group(specs)
         except BaseException:

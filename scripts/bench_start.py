@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Cold start of each store and of the whole infra (median of N runs). A benchmark, not a test.
+"""Cold start of each service and of the whole stack (or of the stores only, --only infra) (median of N runs). A benchmark, not a test.
 
-usage: .venv/bin/python scripts/bench_infra.py [--runs 5] [--only infra|all|<names>]
+usage: .venv/bin/python scripts/bench_start.py [--runs 5] [--only infra|all|<names>]
 """
 
 from __future__ import annotations

@@ -158,6 +158,34 @@ class _Outcome:
     duration: float = 0.0
 
 
+_ORDER = {"failed": 0, "skipped": 1, "passed": 2}
+_SUMMARY_CSS = (
+    "<style>.tl-table{border-collapse:collapse;margin:8px 0 14px}"
+    ".tl-table th,.tl-table td{border:1px solid #d0d7de;padding:4px 10px;text-align:left}"
+    ".tl-table th{background:#f6f8fa}.tl-verdict{padding:8px 12px;border-radius:6px;font-size:15px}"
+    ".tl-green{background:#dafbe1}.tl-amber{background:#fff8c5}.tl-red{background:#ffebe9}"
+    "tr.tl-failed td{background:#ffebe9}tr.tl-skipped td{background:#fff8c5}</style>"
+)
+
+
+@dataclass
+class JourneyResult:
+    """One journey (all tests carrying its name) for the release summary."""
+
+    name: str
+    priority: str
+    mrr: int
+    components: set[str] = field(default_factory=set)
+    tests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        outcomes = set(self.tests.values())
+        if "failed" in outcomes:
+            return "failed"
+        return "skipped" if outcomes == {"skipped"} else "passed"
+
+
 @dataclass
 class ReportPlugin:
     """Registered by the browser plugin; its pytest-html hooks are optional (no pytest-html, no-op)."""
@@ -209,41 +237,48 @@ class ReportPlugin:
         prefix.append(self.summary_html())
 
     # -- the release manager's summary ----------------------------------------------
+    def journey_results(self) -> list[JourneyResult]:
+        """Tests grouped by journey name: a journey fails if any of its tests failed."""
+        grouped: dict[str, JourneyResult] = {}
+        for nid, info in self.journeys.items():
+            if nid not in self.outcomes:
+                continue
+            result = grouped.setdefault(info.name, JourneyResult(info.name, info.priority, info.mrr))
+            result.components.update(info.components)
+            result.tests[nid] = self.outcomes[nid].outcome
+        return sorted(grouped.values(), key=lambda r: (_ORDER[r.outcome], r.priority, -r.mrr, r.name))
+
     def summary_html(self) -> str:
-        journeys = {nid: info for nid, info in self.journeys.items() if nid in self.outcomes}
-        parts = ['<div class="tl-summary"><h2>Release summary</h2>']
-        protected = sum(i.mrr for n, i in journeys.items() if self.outcomes[n].outcome == "passed")
-        at_risk = sum(i.mrr for n, i in journeys.items() if self.outcomes[n].outcome == "failed")
-        counts = {
-            k: sum(1 for n in journeys if self.outcomes[n].outcome == k)
-            for k in ("passed", "failed", "skipped")
-        }
+        journeys = self.journey_results()
+        parts = [_SUMMARY_CSS, '<div class="tl-summary"><h2>Release summary</h2>']
+        protected = sum(j.mrr for j in journeys if j.outcome == "passed")
+        at_risk = sum(j.mrr for j in journeys if j.outcome == "failed")
+        counts = {k: sum(1 for j in journeys if j.outcome == k) for k in ("passed", "failed", "skipped")}
+        tests = sum(len(j.tests) for j in journeys)
         duration = time.time() - self.started
         verdict = (
             "RELEASE BLOCKED"
-            if any(self.outcomes[n].outcome == "failed" and i.priority == "P0" for n, i in journeys.items())
+            if any(j.outcome == "failed" and j.priority == "P0" for j in journeys)
             else ("AT RISK" if counts["failed"] else "GREEN")
         )
+        css = {"GREEN": "tl-green", "AT RISK": "tl-amber", "RELEASE BLOCKED": "tl-red"}[verdict]
         parts.append(
-            f"<p><b>{verdict}</b>: {len(journeys)} journeys, {counts['passed']} passed, "
-            f"{counts['failed']} failed, {counts['skipped']} skipped. "
+            f'<p class="tl-verdict {css}"><b>{verdict}</b>: {len(journeys)} journeys ({tests} tests), '
+            f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped. "
             f"MRR protected {money(protected)}; MRR at risk {money(at_risk)}. "
             f"Suite duration {duration:.1f} s.</p>"
         )
         parts.append(
-            "<table><tr><th>Priority</th><th>Journeys</th><th>Passed</th><th>Failed</th><th>Skipped</th>"
-            "<th>MRR protected</th><th>MRR at risk</th></tr>"
+            '<table class="tl-table"><tr><th>Priority</th><th>Journeys</th><th>Passed</th><th>Failed</th>'
+            "<th>Skipped</th><th>MRR protected</th><th>MRR at risk</th></tr>"
         )
         for priority in PRIORITIES:
-            these = {n: i for n, i in journeys.items() if i.priority == priority}
+            these = [j for j in journeys if j.priority == priority]
             if not these:
                 continue
-            c = {
-                k: sum(1 for n in these if self.outcomes[n].outcome == k)
-                for k in ("passed", "failed", "skipped")
-            }
-            p = sum(i.mrr for n, i in these.items() if self.outcomes[n].outcome == "passed")
-            r = sum(i.mrr for n, i in these.items() if self.outcomes[n].outcome == "failed")
+            c = {k: sum(1 for j in these if j.outcome == k) for k in ("passed", "failed", "skipped")}
+            p = sum(j.mrr for j in these if j.outcome == "passed")
+            r = sum(j.mrr for j in these if j.outcome == "failed")
             parts.append(
                 f"<tr><td>{priority}</td><td>{len(these)}</td><td>{c['passed']}</td><td>{c['failed']}</td>"
                 f"<td>{c['skipped']}</td><td>{money(p)}</td><td>{money(r)}</td></tr>"
@@ -251,23 +286,19 @@ class ReportPlugin:
         parts.append("</table>")
         if journeys:
             parts.append(
-                "<table><tr><th>Journey</th><th>Priority</th><th>Result</th><th>MRR</th>"
-                "<th>Components</th></tr>"
+                '<table class="tl-table"><tr><th>Journey</th><th>Priority</th><th>Result</th><th>Tests</th>'
+                "<th>MRR</th><th>Components</th></tr>"
             )
-            order = {"failed": 0, "skipped": 1, "passed": 2}
-            for nid, info in sorted(
-                journeys.items(), key=lambda kv: (order[self.outcomes[kv[0]].outcome], kv[1].priority)
-            ):
+            for j in journeys:
+                passed = sum(1 for o in j.tests.values() if o == "passed")
                 parts.append(
-                    f"<tr><td title='{esc(nid)}'>{esc(info.name)}</td><td>{info.priority}</td>"
-                    f"<td>{self.outcomes[nid].outcome}</td><td>{money(info.mrr)}</td>"
-                    f"<td>{esc(', '.join(info.components))}</td></tr>"
+                    f"<tr class='tl-{j.outcome}'><td title='{esc(chr(10).join(j.tests))}'>{esc(j.name)}</td>"
+                    f"<td>{j.priority}</td><td>{j.outcome}</td><td>{passed}/{len(j.tests)}</td>"
+                    f"<td>{money(j.mrr)}</td><td>{esc(', '.join(sorted(j.components)))}</td></tr>"
                 )
             parts.append("</table>")
-        covered = sorted({c for i in journeys.values() for c in i.components})
-        passed_cov = sorted(
-            {c for n, i in journeys.items() if self.outcomes[n].outcome == "passed" for c in i.components}
-        )
+        covered = sorted({c for j in journeys for c in j.components})
+        passed_cov = sorted({c for j in journeys if j.outcome == "passed" for c in j.components})
         parts.append(
             f"<p>Components covered: {esc(', '.join(covered) or 'none')} "
             f"({len(covered)}/{len(COMPONENTS)}); proven by a passing journey: "

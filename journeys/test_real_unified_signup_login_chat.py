@@ -85,7 +85,7 @@ async def test_signup_verify_login_and_first_agent_reply(
     "case",
     ["duplicate email", "weak password", "wrong password", "unverified login"],
 )
-@journey(name="Signup and login refusals", priority="P0", mrr=100_000,
+@journey(name="Signup, verify, login and first chat", priority="P0", mrr=100_000,
          components=["frontend", "auth", "postgres", "email"])
 async def test_signup_and_login_failure_paths(
     case: str, page: Any, urls: dict[str, str], users: UserFactory, pg: Any, provider_name: str,

@@ -15,8 +15,9 @@ from db_probes.eventually import ProbeRecord
 class ClickHouseProbe:
     """Parameterised read queries ({name:Type} placeholders) returning dict rows."""
 
-    def __init__(self, url: str, *, database: str = "analytics",
-                 recorder: Callable[[ProbeRecord], None] | None = None) -> None:
+    def __init__(
+        self, url: str, *, database: str = "analytics", recorder: Callable[[ProbeRecord], None] | None = None
+    ) -> None:
         self.url = url
         self.database = database
         self._client: AsyncClient | None = None
@@ -26,9 +27,12 @@ class ClickHouseProbe:
         if self._client is None:
             parts = urlsplit(self.url)
             self._client = await clickhouse_connect.get_async_client(
-                host=parts.hostname or "127.0.0.1", port=parts.port or 8123,
-                username=parts.username or "default", password=parts.password or "",
-                database="default")
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 8123,
+                username=parts.username or "default",
+                password=parts.password or "",
+                database="default",
+            )
         return self._client
 
     async def rows(self, query: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -53,7 +57,8 @@ class ClickHouseProbe:
         clauses = " AND ".join(f"{col} = {{{col}:String}}" for col in where) or "1"
         return await self.rows(
             f"SELECT * FROM {self.database}.usage_events WHERE {clauses} ORDER BY created_at",
-            {k: str(v) for k, v in where.items()})
+            {k: str(v) for k, v in where.items()},
+        )
 
     async def close(self) -> None:
         if self._client is not None:

@@ -59,7 +59,11 @@ async def eventually(
             detail = [f"{what}: not true after {timeout:.1f} s ({attempts} attempts)"]
             if query:
                 detail.append(f"  query: {query}")
-            detail.append(f"  last seen: {last!r}" if not isinstance(last, AssertionError) else f"  last failure: {last}")
+            detail.append(
+                f"  last seen: {last!r}"
+                if not isinstance(last, AssertionError)
+                else f"  last failure: {last}"
+            )
             raise EventuallyTimeout("\n".join(detail))
         # Poll interval of a bounded wait on a store, not a fixed sleep: the deadline above bounds it.
         await asyncio.sleep(interval)

@@ -13,8 +13,9 @@ from db_probes.eventually import ProbeRecord
 class PostgresProbe:
     """Read-only queries against one database; every answer is recorded for the report."""
 
-    def __init__(self, dsn: str, *, name: str = "postgres",
-                 recorder: Callable[[ProbeRecord], None] | None = None) -> None:
+    def __init__(
+        self, dsn: str, *, name: str = "postgres", recorder: Callable[[ProbeRecord], None] | None = None
+    ) -> None:
         self.dsn = dsn
         self.name = name
         self._pool: asyncpg.Pool | None = None
@@ -24,8 +25,15 @@ class PostgresProbe:
         if self._pool is None:
             # Read-only sessions: a probe can never write production tables by mistake.
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=0, max_size=4, timeout=5,
-                server_settings={"default_transaction_read_only": "on", "application_name": "throughline-probe"})
+                self.dsn,
+                min_size=0,
+                max_size=4,
+                timeout=5,
+                server_settings={
+                    "default_transaction_read_only": "on",
+                    "application_name": "throughline-probe",
+                },
+            )
         return self._pool
 
     def _record(self, query: str, value: Any) -> None:

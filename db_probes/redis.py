@@ -39,7 +39,7 @@ class RedisProbe:
     async def key(self, name: str) -> RedisKey:
         """Type, value and TTL of one key, whatever its type."""
         r = self.client()
-        kind = await r.type(name)
+        kind = str(await r.type(name))
         value: Any
         if kind == "string":
             value = await r.get(name)

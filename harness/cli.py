@@ -26,10 +26,19 @@ from harness.stack import (
 
 
 def _print_urls(stack: Stack) -> None:
-    people = [("Frontend (open this)", "frontend_url"), ("Auth", "auth_url"), ("Backend", "backend_url"),
-              ("WebSocket", "ws_url"), ("Mail sink", "smtp_sink_url"), ("OIDC provider", "oidc_url"),
-              ("LLM stand-in", "llm_url"), ("ClickHouse", "clickhouse_url"), ("Redis", "redis_url"),
-              ("PostgreSQL auth", "auth_dsn"), ("PostgreSQL backend", "backend_dsn")]
+    people = [
+        ("Frontend (open this)", "frontend_url"),
+        ("Auth", "auth_url"),
+        ("Backend", "backend_url"),
+        ("WebSocket", "ws_url"),
+        ("Mail sink", "smtp_sink_url"),
+        ("OIDC provider", "oidc_url"),
+        ("LLM stand-in", "llm_url"),
+        ("ClickHouse", "clickhouse_url"),
+        ("Redis", "redis_url"),
+        ("PostgreSQL auth", "auth_dsn"),
+        ("PostgreSQL backend", "backend_dsn"),
+    ]
     for label, key in people:
         if key in stack.urls:
             print(f"  {label:<22} {stack.urls[key]}")
@@ -37,8 +46,12 @@ def _print_urls(stack: Stack) -> None:
 
 def cmd_stack_up(args: argparse.Namespace) -> int:
     existing = load_state()
-    if existing and any(pid_alive(int(s["pid"])) for s in existing["services"].values()):  # type: ignore[union-attr]
-        print(f"a stack is already up (state in {state_file()}); `throughline stack down` first", file=sys.stderr)
+    services: dict[str, dict[str, object]] = existing["services"] if existing else {}  # type: ignore[assignment]
+    if any(pid_alive(int(str(s["pid"]))) for s in services.values()):
+        print(
+            f"a stack is already up (state in {state_file()}); `throughline stack down` first",
+            file=sys.stderr,
+        )
         return 1
     try:
         only = parse_only(args.only)
@@ -69,8 +82,10 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
     if args.detach:
         stack._owns_run_dir = True  # `down` removes it
         path = stack.save_state()
-        print(f"detached; state in {path}. `throughline stack env` prints the variables, "
-              "`throughline stack down` stops it.")
+        print(
+            f"detached; state in {path}. `throughline stack env` prints the variables, "
+            "`throughline stack down` stops it."
+        )
         return 0
     stack.save_state()
     print("running; Ctrl-C stops everything")
@@ -88,7 +103,7 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
 def cmd_stack_down(args: argparse.Namespace) -> int:
     state = load_state()
     if state is None:
-        print("no stack is up (no state file at %s)" % state_file())
+        print(f"no stack is up (no state file at {state_file()})")
         return 0
     killed = stop_detached(state)
     state_file().unlink(missing_ok=True)
@@ -134,9 +149,13 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         checks.append(("PostgreSQL server", False, exc.hint))
     redis = shutil.which("redis-server")
     checks.append(("redis-server", bool(redis), redis or "apt-get install redis-server"))
-    for module, fix in (("chdb", "pip install chdb"), ("clickhouse_connect", "pip install clickhouse-connect"),
-                        ("playwright", "pip install playwright"), ("asyncpg", "pip install asyncpg"),
-                        ("fastapi", "pip install fastapi")):
+    for module, fix in (
+        ("chdb", "pip install chdb"),
+        ("clickhouse_connect", "pip install clickhouse-connect"),
+        ("playwright", "pip install playwright"),
+        ("asyncpg", "pip install asyncpg"),
+        ("fastapi", "pip install fastapi"),
+    ):
         found = importlib.util.find_spec(module) is not None
         checks.append((f"python: {module}", found, "installed" if found else fix))
     try:
@@ -203,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "doctor":
         return cmd_doctor(args)
-    return {"up": cmd_stack_up, "down": cmd_stack_down, "status": cmd_stack_status,
-            "env": cmd_stack_env}[args.action](args)
+    return {"up": cmd_stack_up, "down": cmd_stack_down, "status": cmd_stack_status, "env": cmd_stack_env}[
+        args.action
+    ](args)
 
 
 if __name__ == "__main__":

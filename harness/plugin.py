@@ -21,10 +21,17 @@ from harness.stack import ALL, Stack, parse_only
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("throughline", "Throughline stack")
-    group.addoption("--stack-only", default=os.environ.get("THROUGHLINE_STACK_ONLY", "all"),
-                    help="which services the local stack starts: all, infra, externals or a comma list")
-    group.addoption("--keep-run-dir", action="store_true", default=False,
-                    help="keep the stack's run directory (data + logs) after the session")
+    group.addoption(
+        "--stack-only",
+        default=os.environ.get("THROUGHLINE_STACK_ONLY", "all"),
+        help="which services the local stack starts: all, infra, externals or a comma list",
+    )
+    group.addoption(
+        "--keep-run-dir",
+        action="store_true",
+        default=False,
+        help="keep the stack's run directory (data + logs) after the session",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,8 +55,9 @@ def stack_services(pytestconfig: pytest.Config) -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def stack(pytestconfig: pytest.Config, stack_services: tuple[str, ...]) -> Iterator[Stack]:
     """The running platform (local, started here; or external, from THROUGHLINE_* variables)."""
-    world = Stack.from_environment(only=stack_services or ALL,
-                                   keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir")))
+    world = Stack.from_environment(
+        only=stack_services or ALL, keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir"))
+    )
     world.start()
     _register_report_providers(world)
     try:
@@ -69,9 +77,13 @@ def _register_report_providers(world: Stack) -> None:
         register_logs(lambda: world.log_tails(40))
     register_env = getattr(report, "register_environment_provider", None)
     if register_env is not None:
-        register_env(lambda: {"mode": "external" if world.external else "local",
-                              "components": world.component_kinds(),
-                              "run_dir": str(world.run_dir or "")})
+        register_env(
+            lambda: {
+                "mode": "external" if world.external else "local",
+                "components": world.component_kinds(),
+                "run_dir": str(world.run_dir or ""),
+            }
+        )
 
 
 @pytest.fixture
@@ -108,9 +120,10 @@ class PostgresProbes:
 @pytest.fixture
 async def pg(stack: Stack, probe_recorder: Callable[[ProbeRecord], None]) -> AsyncIterator[PostgresProbes]:
     """Read-only probes of the `auth` and `backend` databases."""
-    probes = PostgresProbes(PostgresProbe(stack.urls["auth_dsn"], name="postgres/auth", recorder=probe_recorder),
-                            PostgresProbe(stack.urls["backend_dsn"], name="postgres/backend",
-                                          recorder=probe_recorder))
+    probes = PostgresProbes(
+        PostgresProbe(stack.urls["auth_dsn"], name="postgres/auth", recorder=probe_recorder),
+        PostgresProbe(stack.urls["backend_dsn"], name="postgres/backend", recorder=probe_recorder),
+    )
     yield probes
     await probes.auth.close()
     await probes.backend.close()

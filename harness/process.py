@@ -42,8 +42,15 @@ _port_lock = threading.Lock()
 class ServiceStartError(RuntimeError):
     """A service did not become ready; the message says which, why, where its log is and what to do."""
 
-    def __init__(self, service: str, reason: str, *, command: Sequence[str] = (), log_file: Path | None = None,
-                 hint: str = "") -> None:
+    def __init__(
+        self,
+        service: str,
+        reason: str,
+        *,
+        command: Sequence[str] = (),
+        log_file: Path | None = None,
+        hint: str = "",
+    ) -> None:
         self.service = service
         self.reason = reason
         self.log_file = log_file
@@ -110,8 +117,10 @@ def unprivileged_user() -> pwd.struct_passwd | None:
     for name in ([wanted] if wanted else []) + ["postgres", "nobody"]:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    raise RuntimeError("running as root but no unprivileged user (postgres, nobody) exists; "
-                       "set THROUGHLINE_SERVICE_USER to one")
+    raise RuntimeError(
+        "running as root but no unprivileged user (postgres, nobody) exists; "
+        "set THROUGHLINE_SERVICE_USER to one"
+    )
 
 
 ReadyCheck = Callable[[], bool]
@@ -169,9 +178,12 @@ class ManagedProcess:
             return
         if spec.port is not None and not is_port_free(spec.port):
             raise ServiceStartError(
-                spec.name, f"port {spec.port} on 127.0.0.1 is already in use", command=spec.argv,
+                spec.name,
+                f"port {spec.port} on 127.0.0.1 is already in use",
+                command=spec.argv,
                 hint="another process listens there; stop it, or let Throughline pick free ports "
-                     "(do not pin THROUGHLINE_*_PORT)")
+                "(do not pin THROUGHLINE_*_PORT)",
+            )
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env}
         with open(self.log_file, "ab") as log:
@@ -179,16 +191,29 @@ class ManagedProcess:
             log.flush()
             try:
                 self.proc = subprocess.Popen(
-                    spec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    cwd=spec.cwd, env=env, start_new_session=True,
+                    spec.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=spec.cwd,
+                    env=env,
+                    start_new_session=True,
                     preexec_fn=_preexec(spec.user, self.die_with_parent),
                 )
             except FileNotFoundError as exc:
-                raise ServiceStartError(spec.name, f"executable not found: {spec.argv[0]}", command=spec.argv,
-                                        hint=spec.hint or "install it (run `throughline doctor`)") from exc
+                raise ServiceStartError(
+                    spec.name,
+                    f"executable not found: {spec.argv[0]}",
+                    command=spec.argv,
+                    hint=spec.hint or "install it (run `throughline doctor`)",
+                ) from exc
             except PermissionError as exc:
-                raise ServiceStartError(spec.name, f"permission denied: {exc}", command=spec.argv,
-                                        hint="check the file modes of the binary and the run directory") from exc
+                raise ServiceStartError(
+                    spec.name,
+                    f"permission denied: {exc}",
+                    command=spec.argv,
+                    hint="check the file modes of the binary and the run directory",
+                ) from exc
         self.pid = self.proc.pid
         self.started_at = time.monotonic()
 
@@ -203,8 +228,13 @@ class ManagedProcess:
             code = self.returncode()
             if code is not None:
                 self._reap()
-                raise ServiceStartError(spec.name, f"process exited with code {code} before it was ready",
-                                        command=spec.argv, log_file=self.log_file, hint=spec.hint)
+                raise ServiceStartError(
+                    spec.name,
+                    f"process exited with code {code} before it was ready",
+                    command=spec.argv,
+                    log_file=self.log_file,
+                    hint=spec.hint,
+                )
             try:
                 if spec.ready is None or spec.ready():
                     self.ready_seconds = time.monotonic() - self.started_at
@@ -214,8 +244,12 @@ class ManagedProcess:
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServiceStartError(
-                    spec.name, f"not ready after {timeout or spec.startup_timeout:.0f} s (last probe: {last_error})",
-                    command=spec.argv, log_file=self.log_file, hint=spec.hint)
+                    spec.name,
+                    f"not ready after {timeout or spec.startup_timeout:.0f} s (last probe: {last_error})",
+                    command=spec.argv,
+                    log_file=self.log_file,
+                    hint=spec.hint,
+                )
             # Back-off between readiness probes of a starting process (documented poll, not a test sleep).
             time.sleep(interval)
             interval = min(interval * 1.5, 0.2)
@@ -277,8 +311,11 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while not is_port_free(port):
             if time.monotonic() > deadline:
-                raise ServiceStartError(self.spec.name, f"port {port} still busy {timeout:.0f} s after stop",
-                                        log_file=self.log_file)
+                raise ServiceStartError(
+                    self.spec.name,
+                    f"port {port} still busy {timeout:.0f} s after stop",
+                    log_file=self.log_file,
+                )
             time.sleep(0.05)  # poll of a releasing socket, bounded by the deadline above
 
     def log_tail(self, lines: int = 40) -> str:

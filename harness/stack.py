@@ -129,9 +129,11 @@ class Stack:
             urls = {key: os.environ[name] for key, name in ENV_NAMES.items() if os.environ.get(name)}
             missing = [name for key, name in ENV_NAMES.items() if key not in urls]
             if missing:
-                raise ServiceStartError("stack", "THROUGHLINE_TARGET=external but these are not set: "
-                                        + ", ".join(missing),
-                                        hint="export them (see `throughline stack env` of a running stack)")
+                raise ServiceStartError(
+                    "stack",
+                    "THROUGHLINE_TARGET=external but these are not set: " + ", ".join(missing),
+                    hint="export them (see `throughline stack env` of a running stack)",
+                )
             return cls(external=True, urls=urls)
         return cls(**kwargs)  # type: ignore[arg-type]
 
@@ -211,7 +213,9 @@ class Stack:
         try:
             return self.services[name]
         except KeyError:
-            raise LookupError(f"no service '{name}' in this stack (have: {', '.join(self.services)})") from None
+            raise LookupError(
+                f"no service '{name}' in this stack (have: {', '.join(self.services)})"
+            ) from None
 
     def log_tails(self, lines: int = 30) -> dict[str, str]:
         return {name: tail(svc.process.log_file, lines) for name, svc in self.services.items()}
@@ -226,9 +230,15 @@ class Stack:
         return {n: (f"stand-in: {STAND_INS[n]}" if n in STAND_INS else "real") for n in names}
 
     def status(self) -> dict[str, dict[str, object]]:
-        return {name: {"pid": svc.process.pid, "running": svc.is_running, "url": svc.url,
-                       "ready_s": round(svc.process.ready_seconds or 0.0, 3)}
-                for name, svc in self.services.items()}
+        return {
+            name: {
+                "pid": svc.process.pid,
+                "running": svc.is_running,
+                "url": svc.url,
+                "ready_s": round(svc.process.ready_seconds or 0.0, 3),
+            }
+            for name, svc in self.services.items()
+        }
 
     # -- wiring --------------------------------------------------------------
     def _compute_urls(self, ports: dict[str, int], smtp_http: int) -> None:
@@ -243,8 +253,12 @@ class Stack:
             u["redis_url"] = redis_service.url(ports["redis"])
         if has("clickhouse"):
             u["clickhouse_url"] = ch_service.url(ports["clickhouse"])
-        for name, key in (("frontend", "frontend_url"), ("auth", "auth_url"), ("backend", "backend_url"),
-                          ("oidc", "oidc_url")):
+        for name, key in (
+            ("frontend", "frontend_url"),
+            ("auth", "auth_url"),
+            ("backend", "backend_url"),
+            ("oidc", "oidc_url"),
+        ):
             if has(name):
                 u[key] = f"http://127.0.0.1:{ports[name]}"
         if has("backend"):
@@ -257,33 +271,43 @@ class Stack:
         self.urls = u
 
     def _service_url(self, name: str) -> str:
-        key = {"postgres": "backend_dsn", "redis": "redis_url", "clickhouse": "clickhouse_url",
-               "llm": "llm_url", "oidc": "oidc_url", "smtp": "smtp_sink_url", "auth": "auth_url",
-               "backend": "backend_url", "frontend": "frontend_url"}[name]
+        key = {
+            "postgres": "backend_dsn",
+            "redis": "redis_url",
+            "clickhouse": "clickhouse_url",
+            "llm": "llm_url",
+            "oidc": "oidc_url",
+            "smtp": "smtp_sink_url",
+            "auth": "auth_url",
+            "backend": "backend_url",
+            "frontend": "frontend_url",
+        }[name]
         return self.urls.get(key, "")
 
     def _platform_env(self, ports: dict[str, int]) -> dict[str, str]:
         assert self.run_dir is not None
         u = self.urls
         env = {k: os.environ.get(f"THROUGHLINE_STACK_{k[3:]}", v) for k, v in PLATFORM_DEFAULTS.items()}
-        env.update({
-            "TL_AUTH_DSN": u.get("auth_dsn", ""),
-            "TL_BACKEND_DSN": u.get("backend_dsn", ""),
-            "TL_REDIS_URL": u.get("redis_url", ""),
-            "TL_CLICKHOUSE_URL": u.get("clickhouse_url", ""),
-            "TL_AUTH_URL": u.get("auth_url", ""),
-            "TL_BACKEND_URL": u.get("backend_url", ""),
-            "TL_FRONTEND_URL": u.get("frontend_url", ""),
-            "TL_LLM_BASE_URL": u.get("llm_url", ""),
-            "TL_OIDC_ISSUER": u.get("oidc_url", ""),
-            "TL_OIDC_CLIENT_SECRET": secrets.token_urlsafe(24),
-            "TL_SMTP_HOST": "127.0.0.1",
-            "TL_SMTP_PORT": str(ports.get("smtp", 0)),
-            "TL_SMTP_SINK_URL": u.get("smtp_sink_url", ""),
-            "TL_INTERNAL_SECRET": secrets.token_urlsafe(32),
-            "TL_JWT_PRIVATE_KEY_FILE": str(self.run_dir / "jwt.pem"),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "TL_AUTH_DSN": u.get("auth_dsn", ""),
+                "TL_BACKEND_DSN": u.get("backend_dsn", ""),
+                "TL_REDIS_URL": u.get("redis_url", ""),
+                "TL_CLICKHOUSE_URL": u.get("clickhouse_url", ""),
+                "TL_AUTH_URL": u.get("auth_url", ""),
+                "TL_BACKEND_URL": u.get("backend_url", ""),
+                "TL_FRONTEND_URL": u.get("frontend_url", ""),
+                "TL_LLM_BASE_URL": u.get("llm_url", ""),
+                "TL_OIDC_ISSUER": u.get("oidc_url", ""),
+                "TL_OIDC_CLIENT_SECRET": secrets.token_urlsafe(24),
+                "TL_SMTP_HOST": "127.0.0.1",
+                "TL_SMTP_PORT": str(ports.get("smtp", 0)),
+                "TL_SMTP_SINK_URL": u.get("smtp_sink_url", ""),
+                "TL_INTERNAL_SECRET": secrets.token_urlsafe(32),
+                "TL_JWT_PRIVATE_KEY_FILE": str(self.run_dir / "jwt.pem"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if "auth" in ports:
             env["TL_OIDC_REDIRECT_URIS"] = f"{u['auth_url']}/auth/oauth/{env['TL_OIDC_PROVIDER']}/callback"
         return env
@@ -297,25 +321,44 @@ class Stack:
             return redis_service.spec(self.run_dir, port, appendonly=self.redis_appendonly)
         if name == "clickhouse":
             return ch_service.spec(self.run_dir, port)
-        module = {"llm": "stack.externals.llm", "oidc": "stack.externals.oidc", "smtp": "stack.externals.smtp_sink",
-                  "auth": "stack.auth_service", "backend": "stack.backend", "frontend": "stack.frontend"}[name]
+        module = {
+            "llm": "stack.externals.llm",
+            "oidc": "stack.externals.oidc",
+            "smtp": "stack.externals.smtp_sink",
+            "auth": "stack.auth_service",
+            "backend": "stack.backend",
+            "frontend": "stack.frontend",
+        }[name]
         argv = [sys.executable, "-m", module, "--port", str(port)]
         health = f"http://127.0.0.1:{port}/health"
         if name == "smtp":
             argv += ["--http-port", str(smtp_http)]
             health = f"http://127.0.0.1:{smtp_http}/health"
-        return ProcessSpec(name=name, argv=argv, port=port, ready=http_ready(health), env=self.platform_env,
-                           cwd=Path(__file__).resolve().parent.parent, startup_timeout=20,
-                           hint=f"run `{' '.join(argv[1:])}` by hand with the TL_* variables of docs/wiring.md "
-                                "to see the error")
+        return ProcessSpec(
+            name=name,
+            argv=argv,
+            port=port,
+            ready=http_ready(health),
+            env=self.platform_env,
+            cwd=Path(__file__).resolve().parent.parent,
+            startup_timeout=20,
+            hint=f"run `{' '.join(argv[1:])}` by hand with the TL_* variables of docs/wiring.md "
+            "to see the error",
+        )
 
     # -- detached stacks -----------------------------------------------------
     def save_state(self, path: Path | None = None) -> Path:
         path = path or state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"run_dir": str(self.run_dir), "urls": self.urls, "owns_run_dir": self._owns_run_dir,
-                "services": {n: {"pid": s.process.pid, "url": s.url, "log": str(s.process.log_file)}
-                             for n, s in self.services.items()}}
+        data = {
+            "run_dir": str(self.run_dir),
+            "urls": self.urls,
+            "owns_run_dir": self._owns_run_dir,
+            "services": {
+                n: {"pid": s.process.pid, "url": s.url, "log": str(s.process.log_file)}
+                for n, s in self.services.items()
+            },
+        }
         path.write_text(json.dumps(data, indent=2))
         return path
 

@@ -1,7 +1,5 @@
 """BasePage: the Page, the frontend's base URL, and waiters that say what was expected and what was seen."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 import os

@@ -1,7 +1,5 @@
 """ChatPanel: the chat region of the dashboard (threads, messages, streaming replies, connection)."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,7 +1,5 @@
 """DashboardPage: profile, plan, usage this month, error banner, rate-limit notice, and the chat panel."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 import re

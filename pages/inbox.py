@@ -1,7 +1,5 @@
 """Inbox: the SMTP sink's HTTP API (`GET /messages?to=`) as a person's mailbox."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 import asyncio

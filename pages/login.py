@@ -1,7 +1,5 @@
 """LoginPage: email/password, "Continue with <provider>", and the messages the login screen shows."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,7 +1,5 @@
 """OAuthConsentPage: the OpenID provider's own sign-in/consent page (stack/externals/oidc.py)."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 import re

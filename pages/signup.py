@@ -1,7 +1,5 @@
 """SignupPage and the "Check your email" state it leads to."""
 
-# ruff: noqa: ASYNC109  -- page-object waits take Playwright-style `timeout=` deadlines, by design
-
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self

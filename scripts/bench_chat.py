@@ -31,8 +31,10 @@ PASSWORD = "correct-horse-42"
 
 async def make_user(http: httpx.AsyncClient, urls: dict[str, str]) -> str:
     email = f"bench-{uuid.uuid4().hex[:10]}@example.test"
-    r = await http.post(f"{urls['auth_url']}/auth/signup",
-                        json={"email": email, "password": PASSWORD, "full_name": "Bench User"})
+    r = await http.post(
+        f"{urls['auth_url']}/auth/signup",
+        json={"email": email, "password": PASSWORD, "full_name": "Bench User"},
+    )
     r.raise_for_status()
     mails = (await http.get(f"{urls['smtp_sink_url']}/messages", params={"to": email, "wait": 10})).json()
     link = next(link for m in mails for link in m["links"] if "/auth/verify" in link)
@@ -69,8 +71,10 @@ async def turns(ws_url: str, token: str, count: int) -> list[float]:
 def summary(label: str, values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
-    return (f"{label:<34} n={len(values):<4} p50 {statistics.median(values) * 1000:7.1f} ms   "
-            f"p95 {p95 * 1000:7.1f} ms   max {ordered[-1] * 1000:7.1f} ms")
+    return (
+        f"{label:<34} n={len(values):<4} p50 {statistics.median(values) * 1000:7.1f} ms   "
+        f"p95 {p95 * 1000:7.1f} ms   max {ordered[-1] * 1000:7.1f} ms"
+    )
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -29,8 +29,12 @@ def main() -> int:
     failures = 0
     for i in range(args.runs):
         t0 = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "pytest", "journeys", "-q", "-p", "no:cacheprovider", *extra],
-                                cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "journeys", "-q", "-p", "no:cacheprovider", *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         wall = time.monotonic() - t0
         walls.append(wall)
         last = (result.stdout.strip().splitlines() or ["<no output>"])[-1]
@@ -41,8 +45,10 @@ def main() -> int:
             for line in result.stdout.splitlines():
                 if re.match(r"^(FAILED|ERROR) ", line):
                     print(f"    {line}", flush=True)
-    print(f"journeys, serial, cold stack included: median {statistics.median(walls):.1f} s, "
-          f"min {min(walls):.1f} s, max {max(walls):.1f} s; {args.runs - failures}/{args.runs} runs green")
+    print(
+        f"journeys, serial, cold stack included: median {statistics.median(walls):.1f} s, "
+        f"min {min(walls):.1f} s, max {max(walls):.1f} s; {args.runs - failures}/{args.runs} runs green"
+    )
     return 0 if failures == 0 else 1
 
 

@@ -38,7 +38,9 @@ def main() -> int:
         print(f"run {i + 1}/{args.runs}: {wall:.2f} s", file=sys.stderr)
     print(f"cold start, median of {args.runs} runs (seconds until ready):")
     for name, values in samples.items():
-        print(f"  {name:<26} median {statistics.median(values):6.3f}   min {min(values):6.3f}   max {max(values):6.3f}")
+        print(
+            f"  {name:<26} median {statistics.median(values):6.3f}   min {min(values):6.3f}   max {max(values):6.3f}"
+        )
     print(f"  {'stop (all)':<26} median {statistics.median(stops):6.3f}")
     return 0
 

@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def throughline(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "THROUGHLINE_STATE_DIR": str(cwd / ".throughline"), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 async def test_should_bring_infra_up_detached_export_env_and_leave_nothing_after_down(tmp_path: Path) -> None:
@@ -34,8 +40,12 @@ async def test_should_bring_infra_up_detached_export_env_and_leave_nothing_after
         assert status.returncode == 0 and status.stdout.count(" up ") == 3, status.stdout
         env = throughline("stack", "env", cwd=tmp_path)
         exports = dict(line.removeprefix("export ").split("=", 1) for line in env.stdout.splitlines())
-        assert set(exports) == {"THROUGHLINE_AUTH_DSN", "THROUGHLINE_BACKEND_DSN", "THROUGHLINE_REDIS_URL",
-                                "THROUGHLINE_CLICKHOUSE_URL"}
+        assert set(exports) == {
+            "THROUGHLINE_AUTH_DSN",
+            "THROUGHLINE_BACKEND_DSN",
+            "THROUGHLINE_REDIS_URL",
+            "THROUGHLINE_CLICKHOUSE_URL",
+        }
         conn = await asyncpg.connect(exports["THROUGHLINE_AUTH_DSN"])
         assert await conn.fetchval("SELECT current_database()") == "auth"
         await conn.close()

@@ -29,7 +29,11 @@ async def test_should_read_postgres_rows_and_record_them(infra: Stack) -> None:
         assert [r["id"] for r in await probe.rows(f"SELECT id FROM {table} ORDER BY id")] == [1, 2]
         with pytest.raises(AssertionError, match="expected at most one row, got 2"):
             await probe.one(f"SELECT * FROM {table}")
-        assert trail and trail[0].query.startswith("SELECT email") and trail[0].value == [{"email": "ada@example.test"}]
+        assert (
+            trail
+            and trail[0].query.startswith("SELECT email")
+            and trail[0].value == [{"email": "ada@example.test"}]
+        )
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await probe.value(f"INSERT INTO {table} VALUES (3, 'x') RETURNING id")
     finally:
@@ -79,19 +83,26 @@ async def test_should_query_clickhouse_with_bound_parameters(infra: Stack) -> No
         "CREATE TABLE IF NOT EXISTS analytics.usage_events (event_id UUID, request_id String, user_id String,"
         " thread_id String, run_id String, agent String, model String, prompt_tokens UInt32,"
         " completion_tokens UInt32, cost_usd Decimal(18, 6), created_at DateTime64(3, 'UTC'))"
-        " ENGINE = MergeTree ORDER BY (user_id, created_at)")
+        " ENGINE = MergeTree ORDER BY (user_id, created_at)"
+    )
     user = f"user-{uuid.uuid4().hex[:8]}"
     await writer.command(
         "INSERT INTO analytics.usage_events VALUES (generateUUIDv4(), 'req-1', {u:String}, 't1', 'r1', 'general',"
-        " 'standin-gpt', 12, 7, 0.000052, now64(3))", parameters={"u": user})
+        " 'standin-gpt', 12, 7, 0.000052, now64(3))",
+        parameters={"u": user},
+    )
     probe = ClickHouseProbe(infra.urls["clickhouse_url"])
     try:
         rows = await probe.usage_events(user_id=user)
         assert len(rows) == 1
         assert rows[0]["prompt_tokens"] == 12 and rows[0]["completion_tokens"] == 7
         assert rows[0]["cost_usd"] == decimal.Decimal("0.000052")
-        assert await probe.value("SELECT count() FROM analytics.usage_events WHERE user_id = {u:String}",
-                                 {"u": user}) == 1
+        assert (
+            await probe.value(
+                "SELECT count() FROM analytics.usage_events WHERE user_id = {u:String}", {"u": user}
+            )
+            == 1
+        )
     finally:
         await probe.close()
         await writer.close()
@@ -127,8 +138,13 @@ async def test_eventually_should_say_what_it_expected_and_last_saw() -> None:
         assert value >= 1000, f"usage rows for user u1: expected 3, found {value}"
 
     with pytest.raises(EventuallyTimeout) as info:
-        await eventually(count_reaches_three, timeout=0.3, interval=0.05, description="usage rows reach 3",
-                         query="SELECT count() FROM usage_events WHERE user_id = 'u1'")
+        await eventually(
+            count_reaches_three,
+            timeout=0.3,
+            interval=0.05,
+            description="usage rows reach 3",
+            query="SELECT count() FROM usage_events WHERE user_id = 'u1'",
+        )
     text = str(info.value)
     assert "usage rows reach 3: not true after 0.3 s" in text
     assert "query: SELECT count() FROM usage_events" in text

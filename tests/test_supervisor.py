@@ -27,8 +27,13 @@ PY = sys.executable
 
 
 def http_server_spec(port: int, name: str = "web") -> ProcessSpec:
-    return ProcessSpec(name=name, argv=[PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"], port=port,
-                       ready=http_ready(f"http://127.0.0.1:{port}/"), startup_timeout=10)
+    return ProcessSpec(
+        name=name,
+        argv=[PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        port=port,
+        ready=http_ready(f"http://127.0.0.1:{port}/"),
+        startup_timeout=10,
+    )
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -42,8 +47,13 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 
 def test_should_report_log_tail_when_service_dies_at_start(tmp_path: Path) -> None:
     port = free_port()
-    spec = ProcessSpec(name="doomed", port=port, ready=tcp_ready(port), hint="fix the config",
-                       argv=[PY, "-c", "import sys; print('fatal: config key missing: db_url'); sys.exit(3)"])
+    spec = ProcessSpec(
+        name="doomed",
+        port=port,
+        ready=tcp_ready(port),
+        hint="fix the config",
+        argv=[PY, "-c", "import sys; print('fatal: config key missing: db_url'); sys.exit(3)"],
+    )
     proc = ManagedProcess(spec, tmp_path)
     proc.start()
     with pytest.raises(ServiceStartError) as info:
@@ -75,8 +85,13 @@ def test_should_name_a_missing_binary(tmp_path: Path) -> None:
 
 def test_should_stop_a_process_that_never_gets_ready(tmp_path: Path) -> None:
     port = free_port()
-    spec = ProcessSpec(name="mute", port=port, ready=tcp_ready(port), startup_timeout=0.5,
-                       argv=[PY, "-c", "import time; print('booting', flush=True); time.sleep(60)"])
+    spec = ProcessSpec(
+        name="mute",
+        port=port,
+        ready=tcp_ready(port),
+        startup_timeout=0.5,
+        argv=[PY, "-c", "import time; print('booting', flush=True); time.sleep(60)"],
+    )
     proc = ManagedProcess(spec, tmp_path)
     proc.start()
     with pytest.raises(ServiceStartError, match=r"not ready after 0 s|not ready after 1 s") as info:
@@ -108,8 +123,14 @@ def test_should_kill_and_restart_on_the_same_port(tmp_path: Path) -> None:
 def test_should_stop_the_whole_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     script = f"import subprocess, time; c = subprocess.Popen(['sleep', '300']); open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(300)"
-    proc = ManagedProcess(ProcessSpec(name="parent", argv=[PY, "-c", script],
-                                      ready=lambda: pid_file.exists() and pid_file.read_text() != ""), tmp_path)
+    proc = ManagedProcess(
+        ProcessSpec(
+            name="parent",
+            argv=[PY, "-c", script],
+            ready=lambda: pid_file.exists() and pid_file.read_text() != "",
+        ),
+        tmp_path,
+    )
     proc.start()
     proc.wait_ready()
     child = int(pid_file.read_text())
@@ -145,13 +166,34 @@ def test_should_leave_no_process_behind_when_pytest_is_interrupted(tmp_path: Pat
     (tmp_path / "test_hold.py").write_text(INTERRUPTED_SUITE)
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["harness.plugin"]\n')
     pids_file = tmp_path / "pids.json"
-    env = {**os.environ, "PIDS_FILE": str(pids_file), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    runner = subprocess.Popen([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--stack-only", "postgres,redis",
-                               "-o", "asyncio_default_fixture_loop_scope=session", str(tmp_path / "test_hold.py")],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "PIDS_FILE": str(pids_file),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    runner = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--stack-only",
+            "postgres,redis",
+            "-o",
+            "asyncio_default_fixture_loop_scope=session",
+            str(tmp_path / "test_hold.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        assert wait_until(lambda: pids_file.exists() and pids_file.read_text() != "", timeout=60), \
+        assert wait_until(lambda: pids_file.exists() and pids_file.read_text() != "", timeout=60), (
             "the stack never came up in the child pytest"
+        )
         pids = json.loads(pids_file.read_text())
         assert set(pids) == {"postgres", "redis"}
         assert all(pid_alive(p) for p in pids.values())
@@ -161,5 +203,7 @@ def test_should_leave_no_process_behind_when_pytest_is_interrupted(tmp_path: Pat
         if runner.poll() is None:
             runner.kill()
     output = runner.stdout.read().decode() if runner.stdout else ""
-    leftovers = [name for name, pid in pids.items() if not wait_until(lambda p=pid: not pid_alive(p), timeout=10)]
+    leftovers = [
+        name for name, pid in pids.items() if not wait_until(lambda p=pid: not pid_alive(p), timeout=10)
+    ]
     assert not leftovers, f"after {how} these services outlived pytest: {leftovers}\n{output[-2000:]}"

@@ -15,8 +15,20 @@ def url(port: int) -> str:
 def spec(run_dir: Path, port: int) -> ProcessSpec:
     data_dir = run_dir / "clickhouse"
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "harness.services.clickhouse_server", "--path", str(data_dir),
-            "--port", str(port)]
-    return ProcessSpec(name="clickhouse", argv=argv, port=port, ready=http_ready(url(port) + "/ping"),
-                       startup_timeout=30,
-                       hint="pip install chdb (the engine); the log above has the engine's error")
+    argv = [
+        sys.executable,
+        "-m",
+        "harness.services.clickhouse_server",
+        "--path",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
+    return ProcessSpec(
+        name="clickhouse",
+        argv=argv,
+        port=port,
+        ready=http_ready(url(port) + "/ping"),
+        startup_timeout=30,
+        hint="pip install chdb (the engine); the log above has the engine's error",
+    )

@@ -18,16 +18,24 @@ SUPERUSER = "tl"
 def find_bin_dir() -> Path:
     """The newest PostgreSQL server bin dir (THROUGHLINE_PG_BIN overrides)."""
     override = os.environ.get("THROUGHLINE_PG_BIN")
-    candidates = [override] if override else sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
-        reverse=True)
+    candidates = (
+        [override]
+        if override
+        else sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"),
+            key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
+            reverse=True,
+        )
+    )
     for cand in candidates:
         if cand and (Path(cand) / "postgres").exists() and (Path(cand) / "initdb").exists():
             return Path(cand)
     raise ServiceStartError(
-        "postgres", "no PostgreSQL server binaries found" + (f" in {override}" if override else
-                                                             " under /usr/lib/postgresql/*/bin"),
-        hint="apt-get install postgresql (or set THROUGHLINE_PG_BIN to the directory holding initdb and postgres)")
+        "postgres",
+        "no PostgreSQL server binaries found"
+        + (f" in {override}" if override else " under /usr/lib/postgresql/*/bin"),
+        hint="apt-get install postgresql (or set THROUGHLINE_PG_BIN to the directory holding initdb and postgres)",
+    )
 
 
 def dsn(port: int, database: str) -> str:
@@ -77,8 +85,18 @@ def _initdb(bin_dir: Path, target: Path, user) -> None:  # type: ignore[no-untyp
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o011)
-    argv = [str(bin_dir / "initdb"), "-D", str(target), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-            "--no-sync", "--locale=C"]
+    argv = [
+        str(bin_dir / "initdb"),
+        "-D",
+        str(target),
+        "-U",
+        SUPERUSER,
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--locale=C",
+    ]
 
     def demote() -> None:
         if user is not None:
@@ -88,10 +106,13 @@ def _initdb(bin_dir: Path, target: Path, user) -> None:  # type: ignore[no-untyp
 
     result = subprocess.run(argv, capture_output=True, text=True, preexec_fn=demote, cwd="/")
     if result.returncode != 0:
-        raise ServiceStartError("postgres", f"initdb failed with code {result.returncode}: "
-                                f"{(result.stderr or result.stdout).strip()[-800:]}", command=argv,
-                                hint="initdb refuses root: Throughline runs it as 'postgres' or 'nobody' "
-                                     "(THROUGHLINE_SERVICE_USER); the run directory must be reachable by that user")
+        raise ServiceStartError(
+            "postgres",
+            f"initdb failed with code {result.returncode}: {(result.stderr or result.stdout).strip()[-800:]}",
+            command=argv,
+            hint="initdb refuses root: Throughline runs it as 'postgres' or 'nobody' "
+            "(THROUGHLINE_SERVICE_USER); the run directory must be reachable by that user",
+        )
 
 
 def spec(run_dir: Path, port: int) -> ProcessSpec:
@@ -100,14 +121,40 @@ def spec(run_dir: Path, port: int) -> ProcessSpec:
     data_dir = run_dir / "pg"
     if not (data_dir / "PG_VERSION").exists():
         init_cluster(data_dir)
-    argv = [str(bin_dir / "postgres"), "-D", str(data_dir), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning",
-            "-c", "log_line_prefix=%m [%p] %d "]
+    argv = [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(data_dir),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "shared_buffers=64MB",
+        "-c",
+        "log_min_messages=warning",
+        "-c",
+        "log_line_prefix=%m [%p] %d ",
+    ]
     return ProcessSpec(
-        name="postgres", argv=argv, port=port, ready=query_ready(port), user=unprivileged_user(),
-        cwd=Path("/"), startup_timeout=20, stop_signal=2,  # SIGINT = fast shutdown
+        name="postgres",
+        argv=argv,
+        port=port,
+        ready=query_ready(port),
+        user=unprivileged_user(),
+        cwd=Path("/"),
+        startup_timeout=20,
+        stop_signal=2,  # SIGINT = fast shutdown
         hint="check the log above; a stale postmaster.pid or a full disk are the usual causes",
     )
 

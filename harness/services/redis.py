@@ -13,8 +13,11 @@ from harness.process import ProcessSpec, ServiceStartError
 def find_binary() -> str:
     found = os.environ.get("THROUGHLINE_REDIS_SERVER") or shutil.which("redis-server")
     if not found:
-        raise ServiceStartError("redis", "redis-server not found on PATH",
-                                hint="apt-get install redis-server (or set THROUGHLINE_REDIS_SERVER)")
+        raise ServiceStartError(
+            "redis",
+            "redis-server not found on PATH",
+            hint="apt-get install redis-server (or set THROUGHLINE_REDIS_SERVER)",
+        )
     return found
 
 
@@ -26,11 +29,37 @@ def spec(run_dir: Path, port: int, *, appendonly: bool = False) -> ProcessSpec:
     """redis-server on `port`, data in run_dir/redis; AOF when `appendonly` (restart journeys)."""
     data_dir = run_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [find_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-            "--daemonize", "no", "--protected-mode", "no", "--loglevel", "notice", "--databases", "16"]
-    return ProcessSpec(name="redis", argv=argv, port=port, ready=ping_ready(port), startup_timeout=10,
-                       hint="check the log above for 'Address already in use' or a bad config option")
+    argv = [
+        find_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+        "--loglevel",
+        "notice",
+        "--databases",
+        "16",
+    ]
+    return ProcessSpec(
+        name="redis",
+        argv=argv,
+        port=port,
+        ready=ping_ready(port),
+        startup_timeout=10,
+        hint="check the log above for 'Address already in use' or a bad config option",
+    )
 
 
 def ping_ready(port: int):  # type: ignore[no-untyped-def]

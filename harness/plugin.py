@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
-from harness.stack import ALL, Stack, parse_only
+from harness.stack import ALL, ServiceNotControllable, Stack, parse_only
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
             signal.signal(signal.SIGTERM, on_term)
         except ValueError:  # not the main thread (pytester in-process)
             pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A fault journey against an external stack is skipped with the reason, not failed."""
+    outcome = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(ServiceNotControllable):
+        report = outcome.get_result()
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,10 @@ PLATFORM_DEFAULTS = {
 }
 
 
+class ServiceNotControllable(LookupError):
+    """A journey asked to kill/restart a service that Throughline does not run (external mode)."""
+
+
 def state_file() -> Path:
     """Where a detached stack is remembered (`throughline stack status|down|env`)."""
     base = os.environ.get("THROUGHLINE_STATE_DIR") or os.path.join(os.getcwd(), ".throughline")
@@ -147,9 +151,14 @@ class Stack:
             self._owns_run_dir = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)  # the unprivileged postgres user must reach its data dir
+        real_clickhouse = os.environ.get("THROUGHLINE_CLICKHOUSE_SERVER_URL")
+        if real_clickhouse:  # a real ClickHouse server replaces the chdb one everywhere
+            self.only = tuple(n for n in self.only if n != "clickhouse")
         ports = {name: free_port() for name in self.only}
         smtp_http = free_port() if "smtp" in self.only else 0
         self._compute_urls(ports, smtp_http)
+        if real_clickhouse:
+            self.urls["clickhouse_url"] = real_clickhouse.rstrip("/")
         self.platform_env = self._platform_env(ports)
         try:
             # Apps fetch from each other lazily (JWKS, OIDC discovery), so after the stores
@@ -209,7 +218,10 @@ class Stack:
 
     def service(self, name: str) -> Service:
         if self.external:
-            raise LookupError(f"service '{name}' is not controlled by Throughline in external mode")
+            raise ServiceNotControllable(
+                f"service '{name}' cannot be stopped or restarted: THROUGHLINE_TARGET=external, so Throughline "
+                "does not run it (run against the local stack to exercise this fault)"
+            )
         try:
             return self.services[name]
         except KeyError:

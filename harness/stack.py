@@ -68,6 +68,11 @@ PLATFORM_DEFAULTS = {
     "TL_LOGIN_ATTEMPT_LIMIT": "5",
     "TL_LOGIN_ATTEMPT_WINDOW": "15",
     "TL_LLM_TIMEOUT": "5",
+    # OWASP's minimum argon2id cost instead of argon2-cffi's default (64 MiB, t=3, p=4): still the
+    # real algorithm, but a 2-core machine running journeys does not queue logins behind hashing.
+    "TL_ARGON2_TIME_COST": "2",
+    "TL_ARGON2_MEMORY_KIB": "19456",
+    "TL_ARGON2_PARALLELISM": "1",
 }
 
 

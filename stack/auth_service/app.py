@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,8 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import NoBackoff
 
 from stack.common.errors import FieldErrors, install_validation_handler
 from stack.common.request_id import (
@@ -66,12 +69,35 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
 )
 
-_hasher = PasswordHasher()
-# verified against when the email is unknown (or the account has no password) so that both
-# cases cost one argon2 verification; the hash of a discarded random secret, same parameters
-_DUMMY_HASH = (
-    "$argon2id$v=19$m=65536,t=3,p=4$YNXcygnUENTxsD7XpTv4pg$cUP1Ww0Op+Q1Tg+6kQ4GlUYb0nZt5ZyTgipxTg0WVlM"
-)
+def _make_hasher() -> PasswordHasher:
+    """argon2id with argon2-cffi's defaults, or the cost given by TL_ARGON2_* (the test stack uses
+    OWASP's minimum, m=19 MiB t=2 p=1, so that journeys on a 2-core machine do not queue on hashing)."""
+    defaults = PasswordHasher()
+    return PasswordHasher(
+        time_cost=int(os.environ.get("TL_ARGON2_TIME_COST", defaults.time_cost)),
+        memory_cost=int(os.environ.get("TL_ARGON2_MEMORY_KIB", defaults.memory_cost)),
+        parallelism=int(os.environ.get("TL_ARGON2_PARALLELISM", defaults.parallelism)),
+    )
+
+
+_hasher = _make_hasher()
+_dummy_hash: list[str] = []
+
+
+def _dummy() -> str:
+    """Verified against when the email is unknown (or the account has no password) so that both
+    cases cost one argon2 verification: the hash of a discarded random secret, same parameters.
+    Made on first use (in a worker thread), not at import, to keep the service's start fast."""
+    if not _dummy_hash:
+        _dummy_hash.append(_hasher.hash(secrets.token_urlsafe(16)))
+    return _dummy_hash[0]
+
+
+def _verify_password(stored: str | None, password: str) -> bool:
+    try:
+        return bool(_hasher.verify(stored or _dummy(), password)) and stored is not None
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 @dataclass
@@ -295,12 +321,9 @@ async def login(body: LoginIn, request: Request) -> dict[str, Any] | JSONRespons
             headers={"Retry-After": str(retry_after)},
         )
     user = await users.by_email(ctx.pool, email)
-    stored = user["password_hash"] if user is not None and user["password_hash"] else _DUMMY_HASH
-    try:
-        ok = await asyncio.to_thread(_hasher.verify, stored, body.password)
-    except (VerificationError, InvalidHashError):
-        ok = False
-    if not ok or user is None or not user["password_hash"]:
+    stored = user["password_hash"] if user is not None and user["password_hash"] else None
+    ok = await asyncio.to_thread(_verify_password, stored, body.password)
+    if not ok or user is None:
         await ctx.limiter.failed(email)
         log.info("failed login")
         raise HTTPException(401, MSG_BAD_CREDENTIALS)
@@ -557,6 +580,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             socket_connect_timeout=2,
             socket_timeout=3,
             health_check_interval=10,
+            # one immediate retry on a fresh connection: after a Redis restart every pooled
+            # connection is dead, and without it the first login/refresh answers 503
+            retry=RedisRetry(NoBackoff(), 1),
+            retry_on_error=[redis.exceptions.ConnectionError],
         )
         http = httpx.AsyncClient(timeout=10.0)
         task: asyncio.Task[None] | None = None

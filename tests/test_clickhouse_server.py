@@ -145,7 +145,6 @@ def _http(server: ServerProcess, path: str, data: bytes | None = None, headers: 
 def test_ping_and_root(server):
     assert _http(server, "/ping")[::2] == (200, b"Ok.\n")
     assert _http(server, "/")[::2] == (200, b"Ok.\n")
-    assert server.startup_seconds < START_DEADLINE
     assert "clickhouse_server ready on http://127.0.0.1:" in server.log.read_text()
 
 

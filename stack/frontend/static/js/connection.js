@@ -141,7 +141,9 @@ export class ChatConnection {
     window.removeEventListener("offline", this.handleOffline);
     const ws = this.ws;
     this.ws = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "client closed");
+    // Never abort a handshake (it loses the server's verdict, e.g. 4401, and logs an error): close once open.
+    if (ws && ws.readyState === WebSocket.CONNECTING) ws.addEventListener("open", () => ws.close(1000, "client closed"));
+    else if (ws && ws.readyState === WebSocket.OPEN) ws.close(1000, "client closed");
     this.setStatus("offline");
   }
 }

@@ -43,12 +43,27 @@ _READ_MESSAGES = """els => els.map(el => ({
 }))"""
 
 
+_TURN_ENDED_JS = """([index, bannerBefore, rateBefore]) => {
+  const replies = document.querySelectorAll('[role="log"] [data-testid="message"][data-role="assistant"]');
+  const reply = replies[index];
+  if (reply && ["complete", "failed"].includes(reply.dataset.status)) return true;
+  const shown = (selector) => {
+    const el = document.querySelector(selector);
+    return el && el.checkVisibility() ? el.innerText.replace(/\\s+/g, " ").trim() : null;
+  };
+  const banner = shown('[data-testid="error-banner"]');
+  const rate = shown('[data-testid="rate-limit-notice"]');
+  return Boolean((banner && banner !== bannerBefore) || (rate && rate !== rateBefore));
+}"""
+
+
 class ChatPanel(BasePage):
     """A region of the dashboard, not a page of its own; it needs no base URL."""
 
     def __init__(self, page: Page, base_url: str = "") -> None:
         super().__init__(page, base_url)
         self._assistant_count_at_send: int | None = None
+        self._notices_at_send: tuple[str | None, str | None] = (None, None)
 
     # ------------------------------------------------------------------ locators
 
@@ -109,6 +124,11 @@ class ChatPanel(BasePage):
             self.send_button.and_(self.page.locator(":enabled")), 'an enabled "Send"', timeout
         )
         self._assistant_count_at_send = await self.assistant_items.count()
+        # What is already on screen cannot be this turn's outcome (a banner left by an earlier turn).
+        self._notices_at_send = (
+            await self.text_or_none(self.page.get_by_test_id("error-banner")),
+            await self.text_or_none(self.page.get_by_test_id("rate-limit-notice")),
+        )
         await self.input.fill(text)
         await self.send_button.click()
         await self.expect_visible(
@@ -137,10 +157,18 @@ class ChatPanel(BasePage):
         if index is None:
             index = max(await self.assistant_items.count() - 1, 0)
         reply = self.assistant_items.nth(index)
-        done = reply.and_(self.page.locator('[data-status="complete"], [data-status="failed"]'))
         banner = self.page.get_by_test_id("error-banner")
         rate = self.page.get_by_test_id("rate-limit-notice")
-        await self.expect_visible(done.or_(banner).or_(rate), "a reply from the assistant", timeout)
+        try:
+            # The reply finishes, or a banner / rate-limit notice that was not there at send() appears.
+            await self.page.wait_for_function(
+                _TURN_ENDED_JS, arg=[index, *self._notices_at_send], timeout=timeout * 1000
+            )
+        except PlaywrightTimeoutError:
+            raise AssertionError(
+                f"expected a reply from the assistant within {timeout:.0f} s; last messages "
+                f"{[m.text for m in (await self.messages())[-3:]]!r}.\n{await self.describe_screen()}"
+            ) from None
         if await reply.count() == 0 or await reply.get_attribute("data-status") != "complete":
             # an error or a rate limit arrived first; a reply may still be finishing on a recoverable error
             try:

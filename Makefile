@@ -12,7 +12,7 @@ E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),)
 bootstrap:
 	@bash scripts/bootstrap.sh
 
-test: bootstrap
+test: bootstrap lint
 	@mkdir -p $(REPORTS)
 	$(PYTEST) tests journeys --junitxml=$(REPORTS)/junit-test.xml $(PYTEST_ARGS)
 
@@ -23,6 +23,7 @@ e2e: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
 bench: bootstrap

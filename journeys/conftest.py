@@ -82,10 +82,13 @@ class UserFactory:
     async def signup(self, tag: str = "user", full_name: str | None = None) -> TestUser:
         """Signed up, not verified."""
         user = TestUser(email=unique_email(tag), full_name=full_name or f"{tag.title()} Tester")
-        response = await self.http.post(f"{self.urls['auth_url']}/auth/signup",
-                                         json={"email": user.email, "password": user.password,
-                                               "full_name": user.full_name})
-        assert response.status_code == 201, f"signup of {user.email} answered {response.status_code}: {response.text}"
+        response = await self.http.post(
+            f"{self.urls['auth_url']}/auth/signup",
+            json={"email": user.email, "password": user.password, "full_name": user.full_name},
+        )
+        assert response.status_code == 201, (
+            f"signup of {user.email} answered {response.status_code}: {response.text}"
+        )
         user.user_id = response.json()["user_id"]
         self.created.append(user)
         return user
@@ -93,12 +96,17 @@ class UserFactory:
     async def verify(self, user: TestUser) -> None:
         link = await self.inbox.wait_for_verification_link(user.email)
         response = await self.http.get(link, headers={"Accept": "application/json"})
-        assert response.status_code == 200, f"verification link answered {response.status_code}: {response.text}"
+        assert response.status_code == 200, (
+            f"verification link answered {response.status_code}: {response.text}"
+        )
 
     async def login(self, user: TestUser) -> dict[str, Any]:
-        response = await self.http.post(f"{self.urls['auth_url']}/auth/login",
-                                        json={"email": user.email, "password": user.password})
-        assert response.status_code == 200, f"login of {user.email} answered {response.status_code}: {response.text}"
+        response = await self.http.post(
+            f"{self.urls['auth_url']}/auth/login", json={"email": user.email, "password": user.password}
+        )
+        assert response.status_code == 200, (
+            f"login of {user.email} answered {response.status_code}: {response.text}"
+        )
         user.tokens = response.json()
         return user.tokens
 
@@ -148,8 +156,9 @@ async def llm(http: httpx.AsyncClient, urls: dict[str, str]) -> AsyncIterator[LL
     await control.reset()
 
 
-async def login_through_ui(page: Any, urls: dict[str, str], user: TestUser, provider_name: str = "Acme ID"
-                           ) -> DashboardPage:
+async def login_through_ui(
+    page: Any, urls: dict[str, str], user: TestUser, provider_name: str = "Acme ID"
+) -> DashboardPage:
     """Open /login in `page`, log `user` in, return the dashboard already loaded."""
     login = await LoginPage(page, urls["frontend_url"], provider_name).open()
     return await login.login(user.email, user.password)

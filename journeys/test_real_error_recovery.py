@@ -76,8 +76,9 @@ def _jwt_claims(token: str) -> dict[str, Any]:
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
 
 
-async def open_chat(page: Page, ws: WsRecorder, urls: dict[str, str], users: UserFactory, provider_name: str,
-                    tag: str) -> ChatSession:
+async def open_chat(
+    page: Page, ws: WsRecorder, urls: dict[str, str], users: UserFactory, provider_name: str, tag: str
+) -> ChatSession:
     """A fresh verified user logs in through the UI; remembers the session's token and `sid`."""
     user = await users.verified(tag)
     dashboard = await login_through_ui(page, urls, user, provider_name)
@@ -97,8 +98,9 @@ async def assert_same_session(session: ChatSession) -> None:
     """No new login: still on the dashboard, same access token, never sent to /login."""
     __tracebackhide__ = True
     assert not session.login_visits, f"the person was sent to the login page: {session.login_visits}"
-    assert session.page.url.split("?")[0].endswith("/dashboard"), \
+    assert session.page.url.split("?")[0].endswith("/dashboard"), (
         f"the person is no longer on the dashboard but on {session.page.url}"
+    )
     token = await session.page.evaluate("localStorage.getItem('tl.access_token')")
     # The same token, not even a refresh: a refresh would mean some service wrongly answered 401
     # (or closed with 4401) because a store was down, treating an outage as a bad session.
@@ -119,32 +121,41 @@ async def complete_turn(session: ChatSession, text: str) -> Turn:
     rid = sent.data["request_id"]
     # Wait on this turn's own frame: the page object's wait_for_reply() ends at any visible error
     # banner, and after a fault the banner of the failed turn is still up when the next one starts.
-    completed = await session.ws.wait_for("agent_completed", where={"request_id": rid}, timeout=REPLY_TIMEOUT_S,
-                                          after=sent)
+    completed = await session.ws.wait_for(
+        "agent_completed", where={"request_id": rid}, timeout=REPLY_TIMEOUT_S, after=sent
+    )
     reply = await session.dashboard.chat.wait_for_reply()
     payload = completed.data["payload"]
-    assert reply.text == " ".join(payload["content"].split()), \
+    assert reply.text == " ".join(payload["content"].split()), (
         f"the reply on screen {reply.text!r} is not the reply the backend completed {payload['content']!r}"
+    )
     return Turn(rid, payload["thread_id"], payload["agent"], payload["usage"], reply.text)
 
 
-async def expect_failed_turn(session: ChatSession, sent: Frame, code: str, banner: str,
-                             within: float = REPLY_TIMEOUT_S) -> Frame:
+async def expect_failed_turn(
+    session: ChatSession, sent: Frame, code: str, banner: str, within: float = REPLY_TIMEOUT_S
+) -> Frame:
     """The turn of `sent` ends in an `error` frame `code` (recoverable), a banner line and a failed message."""
     __tracebackhide__ = True
     rid = sent.data["request_id"]
     error = await session.ws.wait_for("error", where={"request_id": rid}, timeout=within, after=sent)
     payload = error.data["payload"]
-    assert payload["code"] == code, f"the chat service reported {payload['code']!r} ({payload.get('message')!r}), " \
-                                    f"expected {code!r}"
+    assert payload["code"] == code, (
+        f"the chat service reported {payload['code']!r} ({payload.get('message')!r}), expected {code!r}"
+    )
     assert payload["recoverable"] is True, f"the {code} error is not marked recoverable: {payload}"
-    assert all(f.data.get("request_id") != rid for f in session.ws.frames("agent_completed")), \
+    assert all(f.data.get("request_id") != rid for f in session.ws.frames("agent_completed")), (
         "the failed message also got a completed reply"
+    )
     line = await session.dashboard.wait_for_error_banner(contains=banner)
-    await expect(session.dashboard.banner.locator(f"li[data-code='{code}']"),
-                 f"the banner line {line!r} is not tagged data-code={code}").to_have_count(1)
+    await expect(
+        session.dashboard.banner.locator(f"li[data-code='{code}']"),
+        f"the banner line {line!r} is not tagged data-code={code}",
+    ).to_have_count(1)
     user_item = session.dashboard.chat.log.locator(f"[data-role='user'][data-request-id='{rid}']")
-    await expect(user_item, "the unanswered message is not marked failed").to_have_attribute("data-status", "failed")
+    await expect(user_item, "the unanswered message is not marked failed").to_have_attribute(
+        "data-status", "failed"
+    )
     await expect(user_item, "the unanswered message carries no note").to_contain_text(NOT_ANSWERED)
     return error
 
@@ -169,22 +180,31 @@ async def assert_turn_stored_once(pg: Any, ch: Any, turn: Turn, llm_calls: int) 
     __tracebackhide__ = True
     rows = await pg.backend.rows(
         "SELECT role, thread_id::text AS thread_id, prompt_tokens, completion_tokens FROM messages "
-        "WHERE request_id = $1 ORDER BY role DESC", turn.request_id)
-    assert [r["role"] for r in rows] == ["user", "assistant"], \
+        "WHERE request_id = $1 ORDER BY role DESC",
+        turn.request_id,
+    )
+    assert [r["role"] for r in rows] == ["user", "assistant"], (
         f"expected the message and its reply stored once each, found roles {[r['role'] for r in rows]}"
+    )
     assert {r["thread_id"] for r in rows} == {turn.thread_id}, "the turn was stored in another conversation"
     assistant = rows[1]
-    assert (assistant["prompt_tokens"], assistant["completion_tokens"]) == \
-        (turn.usage["prompt_tokens"], turn.usage["completion_tokens"]), "stored token counts differ from the reply's"
+    assert (assistant["prompt_tokens"], assistant["completion_tokens"]) == (
+        turn.usage["prompt_tokens"],
+        turn.usage["completion_tokens"],
+    ), "stored token counts differ from the reply's"
 
     async def usage_events_flushed() -> list[dict[str, Any]]:
         events = await ch.usage_events(request_id=turn.request_id)
         assert len(events) == llm_calls, f"{len(events)} usage event(s) in ClickHouse, expected {llm_calls}"
-        pending = await pg.backend.count("usage_outbox", "request_id = $1 AND flushed_at IS NULL", turn.request_id)
+        pending = await pg.backend.count(
+            "usage_outbox", "request_id = $1 AND flushed_at IS NULL", turn.request_id
+        )
         assert pending == 0, f"{pending} usage row(s) still waiting in the outbox"
         return events
 
-    events = await eventually(usage_events_flushed, timeout=15, description=f"usage of request {turn.request_id}")
+    events = await eventually(
+        usage_events_flushed, timeout=15, description=f"usage of request {turn.request_id}"
+    )
     assert len({str(e["event_id"]) for e in events}) == llm_calls, "a usage event was written twice"
     assert sum(e["prompt_tokens"] for e in events) == turn.usage["prompt_tokens"]
     assert sum(e["completion_tokens"] for e in events) == turn.usage["completion_tokens"]
@@ -215,11 +235,22 @@ def needs_local_stack(stack: Stack) -> None:
 
 
 # ---------------------------------------------------------------------------------------- a) LLM 500
-@journey(name=JOURNEY, priority="P1", mrr=MRR,
-         components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"])
+@journey(
+    name=JOURNEY,
+    priority="P1",
+    mrr=MRR,
+    components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
+)
 async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
-    page: Page, ws_recorder: WsRecorder, urls: dict[str, str], users: UserFactory, llm: LLMControl, pg: Any,
-    ch: Any, redis: Any, provider_name: str,
+    page: Page,
+    ws_recorder: WsRecorder,
+    urls: dict[str, str],
+    users: UserFactory,
+    llm: LLMControl,
+    pg: Any,
+    ch: Any,
+    redis: Any,
+    provider_name: str,
 ) -> None:
     """The LLM answers 500 mid-conversation.
 
@@ -244,12 +275,15 @@ async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     async with step("Nothing of the failed message is stored or billed"):
         await assert_nothing_written(pg, failed_rid, "LLM 500")
         await assert_no_usage_events(ch, failed_rid, "LLM 500")
-        assert await pg.backend.count("messages", "thread_id = $1::uuid", first.thread_id) == 2, \
+        assert await pg.backend.count("messages", "thread_id = $1::uuid", first.thread_id) == 2, (
             "the conversation holds more than the first turn after the failed message"
+        )
 
         async def agent_slot_released() -> None:
             slot = await redis.key(f"rl:agent:{session.user_id}")
-            assert slot.value in (None, "0"), f"the failed turn still holds an agent slot (rl:agent = {slot.value!r})"
+            assert slot.value in (None, "0"), (
+                f"the failed turn still holds an agent slot (rl:agent = {slot.value!r})"
+            )
 
         await eventually(agent_slot_released, description="the failed turn's agent slot is released")
 
@@ -268,11 +302,22 @@ async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
 
 
 # ---------------------------------------------------------------------------------------- b) LLM hang
-@journey(name=JOURNEY, priority="P1", mrr=MRR,
-         components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"])
+@journey(
+    name=JOURNEY,
+    priority="P1",
+    mrr=MRR,
+    components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
+)
 async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_succeeds(
-    stack: Stack, page: Page, ws_recorder: WsRecorder, urls: dict[str, str], users: UserFactory,
-    llm: LLMControl, pg: Any, ch: Any, provider_name: str,
+    stack: Stack,
+    page: Page,
+    ws_recorder: WsRecorder,
+    urls: dict[str, str],
+    users: UserFactory,
+    llm: LLMControl,
+    pg: Any,
+    ch: Any,
+    provider_name: str,
 ) -> None:
     """The LLM accepts the first message of a new chat and never answers.
 
@@ -290,12 +335,14 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
         failed_rid = sent.data["request_id"]
         await session.dashboard.chat.wait_for_tool_activity("thinking")
         thinking = await session.ws.wait_for("agent_thinking", where={"request_id": failed_rid}, after=sent)
-        error = await expect_failed_turn(session, sent, "llm_unavailable", ASSISTANT_UNAVAILABLE,
-                                         within=llm_timeout * 2 + REPLY_TIMEOUT_S)
+        error = await expect_failed_turn(
+            session, sent, "llm_unavailable", ASSISTANT_UNAVAILABLE, within=llm_timeout * 2 + REPLY_TIMEOUT_S
+        )
         # Server-side timestamps of the same process: the LLM call starts right after agent_thinking.
         waited = error.data["ts"] - thinking.data["ts"]
-        assert waited >= llm_timeout - 0.2, \
+        assert waited >= llm_timeout - 0.2, (
             f"the turn failed {waited:.1f} s into the LLM call, before the {llm_timeout:g} s timeout: not the hang"
+        )
         outcomes = [r.get("outcome") for r in await llm.requests()]
         assert "hang" in outcomes, f"the LLM stand-in never hung (requests: {outcomes})"
         assert await session.dashboard.chat.tool_activity() is None, "the UI still says the agent is working"
@@ -320,11 +367,23 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
 
 
 # ---------------------------------------------------------------------------------------- c) Redis down
-@journey(name=JOURNEY, priority="P1", mrr=MRR,
-         components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"])
+@journey(
+    name=JOURNEY,
+    priority="P1",
+    mrr=MRR,
+    components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
+)
 async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
-    stack: Stack, page: Page, ws_recorder: WsRecorder, urls: dict[str, str], users: UserFactory,
-    llm: LLMControl, pg: Any, ch: Any, redis: Any, provider_name: str,
+    stack: Stack,
+    page: Page,
+    ws_recorder: WsRecorder,
+    urls: dict[str, str],
+    users: UserFactory,
+    llm: LLMControl,
+    pg: Any,
+    ch: Any,
+    redis: Any,
+    provider_name: str,
 ) -> None:
     """Redis stops between two messages, then comes back.
 
@@ -341,7 +400,9 @@ async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
 
     async with step("A first turn completes; the session lives in Redis"):
         first = await complete_turn(session, "Hello before the session store stops")
-        assert (await redis.key(f"auth:session:{session.sid}")).exists, "no Redis session for the logged-in person"
+        assert (await redis.key(f"auth:session:{session.sid}")).exists, (
+            "no Redis session for the logged-in person"
+        )
 
     async with restored(stack, "redis") as redis_service:
         async with step("Redis stops: the message is refused, the UI says storage is unavailable"):
@@ -350,7 +411,9 @@ async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
             sent = await send(session, "Sent while the session store is down")
             failed_rid = sent.data["request_id"]
             await expect_failed_turn(session, sent, "store_unavailable", STORAGE_UNAVAILABLE)
-            assert len(await llm.requests()) == llm_requests_before, "the refused message still reached the LLM"
+            assert len(await llm.requests()) == llm_requests_before, (
+                "the refused message still reached the LLM"
+            )
             await assert_nothing_written(pg, failed_rid, "Redis down")
             await session.dashboard.chat.wait_for_connection("connected")
 
@@ -363,11 +426,13 @@ async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
         auth_session = await redis.key(f"auth:session:{session.sid}")
         assert auth_session.exists, (
             f"auth:session:{session.sid} is gone after the Redis restart: every logged-in person would be "
-            "logged out by a Redis restart (platform/harness bug: Redis should persist sessions)")
+            "logged out by a Redis restart (platform/harness bug: Redis should persist sessions)"
+        )
         assert auth_session.value.get("user_id") == session.user_id
         chat_state = await redis.key(f"chat:session:{session.user_id}")
-        assert chat_state.value and chat_state.value.get("active_thread_id") == first.thread_id, \
+        assert chat_state.value and chat_state.value.get("active_thread_id") == first.thread_id, (
             f"the chat state lost the active conversation: {chat_state.value!r}"
+        )
 
     async with step("The sign-in service works again: another person logs in"):
         other = await users.logged_in("afterredis")
@@ -394,11 +459,22 @@ async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
 
 
 # ---------------------------------------------------------------------------------------- d) ClickHouse down
-@journey(name=JOURNEY, priority="P1", mrr=MRR,
-         components=["frontend", "backend", "websocket", "agent", "llm", "clickhouse", "postgres", "redis"])
+@journey(
+    name=JOURNEY,
+    priority="P1",
+    mrr=MRR,
+    components=["frontend", "backend", "websocket", "agent", "llm", "clickhouse", "postgres", "redis"],
+)
 async def test_clickhouse_outage_delays_usage_but_loses_none(
-    stack: Stack, page: Page, ws_recorder: WsRecorder, urls: dict[str, str], users: UserFactory,
-    llm: LLMControl, pg: Any, ch: Any, provider_name: str,
+    stack: Stack,
+    page: Page,
+    ws_recorder: WsRecorder,
+    urls: dict[str, str],
+    users: UserFactory,
+    llm: LLMControl,
+    pg: Any,
+    ch: Any,
+    provider_name: str,
 ) -> None:
     """ClickHouse (usage analytics) stops while the person asks about their usage.
 
@@ -419,15 +495,17 @@ async def test_clickhouse_outage_delays_usage_but_loses_none(
             turn = await complete_turn(session, "How many tokens did my usage add up to?")
             assert turn.agent == "data", f"the usage question was answered by the {turn.agent!r} agent"
             assert turn.usage["llm_calls"] == 2, f"the data agent made {turn.usage['llm_calls']} LLM call(s)"
-            assert "temporarily unavailable" in turn.text, \
+            assert "temporarily unavailable" in turn.text, (
                 f"the data agent's answer does not say usage is unavailable: {turn.text!r}"
+            )
             await assert_same_session(session)
 
         async with step("The dashboard says usage cannot be loaded from the analytics store"):
             await dashboard.wait_for_error_banner(contains=ANALYTICS_UNAVAILABLE)
-            await expect(dashboard.usage_card.get_by_test_id("usage-detail"),
-                         "the usage card does not say usage is unavailable").to_have_text(
-                "Usage is unavailable right now.")
+            await expect(
+                dashboard.usage_card.get_by_test_id("usage-detail"),
+                "the usage card does not say usage is unavailable",
+            ).to_have_text("Usage is unavailable right now.")
 
         async with step("The turn is committed in PostgreSQL, its usage waits in the outbox"):
             await assert_turn_pg_only(pg, turn)
@@ -443,35 +521,57 @@ async def test_clickhouse_outage_delays_usage_but_loses_none(
         await dashboard.wait_for_no_error_banner()
         expected_tokens = sum(t.usage["prompt_tokens"] + t.usage["completion_tokens"] for t in (turn, after))
         usage = await dashboard.wait_for_usage(expected_tokens)
-        assert usage.tokens == expected_tokens, \
+        assert usage.tokens == expected_tokens, (
             f"'Usage this month' shows {usage.tokens} tokens, the three LLM calls used {expected_tokens}"
+        )
         await assert_turn_stored_once(pg, ch, after, llm_calls=1)
-        assert len(await ch.usage_events(user_id=session.user_id)) == 3, "ClickHouse does not hold exactly 3 events"
+        assert len(await ch.usage_events(user_id=session.user_id)) == 3, (
+            "ClickHouse does not hold exactly 3 events"
+        )
         await assert_same_session(session)
 
 
 async def assert_turn_pg_only(pg: Any, turn: Turn) -> None:
     """While ClickHouse is down: both messages stored once, one pending outbox row per LLM call."""
     __tracebackhide__ = True
-    roles = [r["role"] for r in await pg.backend.rows(
-        "SELECT role FROM messages WHERE request_id = $1 ORDER BY role DESC", turn.request_id)]
+    roles = [
+        r["role"]
+        for r in await pg.backend.rows(
+            "SELECT role FROM messages WHERE request_id = $1 ORDER BY role DESC", turn.request_id
+        )
+    ]
     assert roles == ["user", "assistant"], f"the completed turn is not stored once (roles {roles})"
     outbox = await pg.backend.rows(
         "SELECT prompt_tokens, completion_tokens, flushed_at FROM usage_outbox WHERE request_id = $1",
-        turn.request_id)
-    assert len(outbox) == turn.usage["llm_calls"], \
+        turn.request_id,
+    )
+    assert len(outbox) == turn.usage["llm_calls"], (
         f"{len(outbox)} outbox row(s) for {turn.usage['llm_calls']} LLM calls: usage would be lost or doubled"
+    )
     assert all(r["flushed_at"] is None for r in outbox), "usage was marked flushed while ClickHouse is down"
-    assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in outbox) == \
-        turn.usage["prompt_tokens"] + turn.usage["completion_tokens"]
+    assert (
+        sum(r["prompt_tokens"] + r["completion_tokens"] for r in outbox)
+        == turn.usage["prompt_tokens"] + turn.usage["completion_tokens"]
+    )
 
 
 # ---------------------------------------------------------------------------------------- e) backend crash
-@journey(name=JOURNEY, priority="P1", mrr=MRR,
-         components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"])
+@journey(
+    name=JOURNEY,
+    priority="P1",
+    mrr=MRR,
+    components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
+)
 async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
-    stack: Stack, page: Page, ws_recorder: WsRecorder, urls: dict[str, str], users: UserFactory,
-    llm: LLMControl, pg: Any, ch: Any, provider_name: str,
+    stack: Stack,
+    page: Page,
+    ws_recorder: WsRecorder,
+    urls: dict[str, str],
+    users: UserFactory,
+    llm: LLMControl,
+    pg: Any,
+    ch: Any,
+    provider_name: str,
 ) -> None:
     """The backend is SIGKILLed while it streams the second reply of a conversation.
 
@@ -501,7 +601,9 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
         async with step("The UI says the chat service is unreachable and reconnects"):
             await chat.wait_for_connection("reconnecting")
             await session.dashboard.wait_for_error_banner(contains=CHAT_UNREACHABLE)
-            await expect(chat.send_button, "Send stays enabled while the chat is unreachable").to_be_disabled()
+            await expect(
+                chat.send_button, "Send stays enabled while the chat is unreachable"
+            ).to_be_disabled()
             await llm.set(latency_ms=0)
 
         async with step("The interrupted turn wrote nothing"):
@@ -513,14 +615,19 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     async with step("The page reconnects by itself and restores the conversation"):
         await chat.wait_for_connection("connected")
         established = await session.ws.wait_for("connection_established", after=crashed_at - 1)
-        assert established.data["payload"]["active_thread_id"] == first.thread_id, \
+        assert established.data["payload"]["active_thread_id"] == first.thread_id, (
             "after the restart the chat service no longer knows the open conversation"
+        )
         assert session.ws.reconnects >= 1, "the page never opened a new WebSocket"
-        await expect(chat.message_items, "the restored conversation is not exactly the first turn").to_have_count(2)
+        await expect(
+            chat.message_items, "the restored conversation is not exactly the first turn"
+        ).to_have_count(2)
         messages = await chat.messages()
         assert [m.role for m in messages] == ["user", "assistant"]
         assert messages[0].text == "Remember that my favourite number is forty two"
-        assert messages[1].text == first.text, "the restored reply differs from the one streamed before the crash"
+        assert messages[1].text == first.text, (
+            "the restored reply differs from the one streamed before the crash"
+        )
         await session.dashboard.wait_for_no_error_banner()
         await assert_same_session(session)
 
@@ -538,11 +645,22 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
 
 
 # ---------------------------------------------------------------------------------------- f) PostgreSQL down
-@journey(name=JOURNEY, priority="P1", mrr=MRR,
-         components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "redis", "clickhouse"])
+@journey(
+    name=JOURNEY,
+    priority="P1",
+    mrr=MRR,
+    components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "redis", "clickhouse"],
+)
 async def test_postgres_outage_refuses_the_message_and_the_same_session_recovers(
-    stack: Stack, page: Page, ws_recorder: WsRecorder, urls: dict[str, str], users: UserFactory,
-    llm: LLMControl, pg: Any, ch: Any, provider_name: str,
+    stack: Stack,
+    page: Page,
+    ws_recorder: WsRecorder,
+    urls: dict[str, str],
+    users: UserFactory,
+    llm: LLMControl,
+    pg: Any,
+    ch: Any,
+    provider_name: str,
 ) -> None:
     """PostgreSQL stops between two messages of a conversation, then comes back.
 
@@ -564,7 +682,9 @@ async def test_postgres_outage_refuses_the_message_and_the_same_session_recovers
             sent = await send(session, "Sent while the database is down")
             failed_rid = sent.data["request_id"]
             await expect_failed_turn(session, sent, "store_unavailable", STORAGE_UNAVAILABLE)
-            assert len(await llm.requests()) == llm_requests_before, "the refused message still reached the LLM"
+            assert len(await llm.requests()) == llm_requests_before, (
+                "the refused message still reached the LLM"
+            )
             await session.dashboard.chat.wait_for_connection("connected")
 
         async with step("PostgreSQL comes back"):
@@ -572,7 +692,9 @@ async def test_postgres_outage_refuses_the_message_and_the_same_session_recovers
 
     async with step("The sign-in service works again: another person signs up and logs in"):
         other = await users.logged_in("afterpg")
-        assert other.tokens.get("access_token"), "a login right after the PostgreSQL restart returned no token"
+        assert other.tokens.get("access_token"), (
+            "a login right after the PostgreSQL restart returned no token"
+        )
 
     async with step("The next message succeeds in the same conversation, same session"):
         retry = await complete_turn(session, "Trying again once the database is back")

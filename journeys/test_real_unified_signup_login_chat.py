@@ -12,13 +12,29 @@ from harness.steps import step
 from journeys.conftest import PASSWORD, UserFactory, unique_email
 from pages import Inbox, LoginPage, SignupPage
 
-COMPONENTS = ["frontend", "auth", "email", "backend", "websocket", "agent", "llm", "postgres", "clickhouse",
-              "redis"]
+COMPONENTS = [
+    "frontend",
+    "auth",
+    "email",
+    "backend",
+    "websocket",
+    "agent",
+    "llm",
+    "postgres",
+    "clickhouse",
+    "redis",
+]
 
 
 @journey(name="Signup, verify, login and first chat", priority="P0", mrr=100_000, components=COMPONENTS)
 async def test_signup_verify_login_and_first_agent_reply(
-    page: Any, ws_recorder: Any, urls: dict[str, str], inbox: Inbox, pg: Any, ch: Any, redis: Any,
+    page: Any,
+    ws_recorder: Any,
+    urls: dict[str, str],
+    inbox: Inbox,
+    pg: Any,
+    ch: Any,
+    redis: Any,
     provider_name: str,
 ) -> None:
     """A new person signs up in the UI, verifies by mail, logs in and gets a streamed agent reply."""
@@ -34,7 +50,9 @@ async def test_signup_verify_login_and_first_agent_reply(
         await page.goto(link)
         login = await LoginPage(page, urls["frontend_url"], provider_name).wait_until_loaded()
         notice = await login.notice_message()
-        assert notice and "verified" in notice.lower(), f"login page shows no 'email verified' notice: {notice!r}"
+        assert notice and "verified" in notice.lower(), (
+            f"login page shows no 'email verified' notice: {notice!r}"
+        )
 
     async with step("Log in and land on the dashboard"):
         dashboard = await login.login(email, PASSWORD)
@@ -48,19 +66,24 @@ async def test_signup_verify_login_and_first_agent_reply(
         assert reply.agent and "general" in reply.agent.lower(), f"reply names agent {reply.agent!r}"
         completed = await ws_recorder.wait_for("agent_completed")
         assert ws_recorder.frames("agent_stream"), "no agent_stream chunk reached the browser"
-        ws_recorder.assert_order(["connection_established", "agent_started", "agent_thinking", "agent_stream",
-                                  "agent_completed"])
+        ws_recorder.assert_order(
+            ["connection_established", "agent_started", "agent_thinking", "agent_stream", "agent_completed"]
+        )
 
     async with step("Stores agree: auth user, backend profile, one usage event, Redis session"):
-        user = await pg.auth.one("SELECT id, email, full_name, email_verified_at FROM users WHERE email = $1", email)
+        user = await pg.auth.one(
+            "SELECT id, email, full_name, email_verified_at FROM users WHERE email = $1", email
+        )
         assert user is not None, f"auth.users has no row for {email}"
         assert user["email_verified_at"] is not None, "auth.users row is not marked verified"
         user_id = str(user["id"])
-        profile_row = await pg.backend.one("SELECT user_id, email, full_name, plan FROM profiles WHERE user_id = $1",
-                                           user["id"])
+        profile_row = await pg.backend.one(
+            "SELECT user_id, email, full_name, plan FROM profiles WHERE user_id = $1", user["id"]
+        )
         assert profile_row is not None, "backend.profiles has no row for the new user"
-        assert (profile_row["email"], profile_row["full_name"]) == (email, name), \
+        assert (profile_row["email"], profile_row["full_name"]) == (email, name), (
             "auth.users and backend.profiles disagree on email/name"
+        )
         usage = completed.data["payload"]["usage"]
 
         async def one_usage_event() -> list[dict[str, Any]]:
@@ -71,8 +94,9 @@ async def test_signup_verify_login_and_first_agent_reply(
         rows = await eventually(one_usage_event, timeout=10, description="one usage event in ClickHouse")
         assert rows[0]["prompt_tokens"] == usage["prompt_tokens"]
         assert rows[0]["completion_tokens"] == usage["completion_tokens"]
-        assert rows[0]["request_id"] == completed.data.get("request_id"), \
+        assert rows[0]["request_id"] == completed.data.get("request_id"), (
             "the usage row does not carry the request id of the message"
+        )
         sessions = await redis.keys("auth:session:*")
         owned = [k for k in sessions if (await redis.key(k)).value.get("user_id") == user_id]
         assert len(owned) == 1, f"expected one Redis session for the user, found {len(owned)}"
@@ -85,10 +109,19 @@ async def test_signup_verify_login_and_first_agent_reply(
     "case",
     ["duplicate email", "weak password", "wrong password", "unverified login"],
 )
-@journey(name="Signup, verify, login and first chat", priority="P0", mrr=100_000,
-         components=["frontend", "auth", "postgres", "email"])
+@journey(
+    name="Signup, verify, login and first chat",
+    priority="P0",
+    mrr=100_000,
+    components=["frontend", "auth", "postgres", "email"],
+)
 async def test_signup_and_login_failure_paths(
-    case: str, page: Any, urls: dict[str, str], users: UserFactory, pg: Any, provider_name: str,
+    case: str,
+    page: Any,
+    urls: dict[str, str],
+    users: UserFactory,
+    pg: Any,
+    provider_name: str,
 ) -> None:
     """Bad signups and logins get a clear message and leave no session or stray rows."""
     frontend = urls["frontend_url"]

@@ -51,8 +51,11 @@ async def handshake(ws_url: str, token: str, *, stay_for_first_frame: bool = Fal
     """Open /ws offering `jwt.<token>`; collect frames until the server closes (or the first frame)."""
     seen = Handshake()
     async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-        async with websockets.connect(ws_url, subprotocols=[f"jwt.{token}"],  # type: ignore[list-item]
-                                      open_timeout=HANDSHAKE_TIMEOUT_S) as ws:
+        async with websockets.connect(
+            ws_url,
+            subprotocols=[f"jwt.{token}"],  # type: ignore[list-item]
+            open_timeout=HANDSHAKE_TIMEOUT_S,
+        ) as ws:
             assert ws.subprotocol == f"jwt.{token}", "the backend did not echo the jwt.<token> subprotocol"
             try:
                 async for message in ws:
@@ -70,20 +73,25 @@ async def assert_refused(ws_url: str, token: str, what: str) -> None:
     """The socket must close with 4401 and deliver no frame at all (no chat frame, no hint of the user)."""
     __tracebackhide__ = True
     seen = await handshake(ws_url, token)
-    assert seen.close_code == UNAUTHORIZED, \
+    assert seen.close_code == UNAUTHORIZED, (
         f"a socket opened with {what} closed with code {seen.close_code}, expected {UNAUTHORIZED} (unauthorized)"
-    assert not seen.frames, f"a socket opened with {what} received frames before being refused: {seen.frame_types}"
+    )
+    assert not seen.frames, (
+        f"a socket opened with {what} received frames before being refused: {seen.frame_types}"
+    )
 
 
 async def assert_accepted(ws_url: str, token: str, user_id: str, what: str) -> dict[str, Any]:
     """The socket must open and greet the right user with connection_established."""
     __tracebackhide__ = True
     seen = await handshake(ws_url, token, stay_for_first_frame=True)
-    assert seen.frame_types == ["connection_established"], \
+    assert seen.frame_types == ["connection_established"], (
         f"a socket opened with {what} got {seen.frame_types} instead of connection_established"
+    )
     payload = seen.frames[0]["payload"]
-    assert payload["user_id"] == user_id, \
+    assert payload["user_id"] == user_id, (
         f"a socket opened with {what} greets user {payload['user_id']}, the token belongs to {user_id}"
+    )
     return payload
 
 
@@ -127,15 +135,24 @@ def unknown_refresh_token() -> str:
 
 
 async def local_tokens(page: Any) -> dict[str, str | None]:
-    return dict(await page.evaluate(
-        "() => ({access: localStorage.getItem('tl.access_token'), refresh: localStorage.getItem('tl.refresh_token')})"))
+    return dict(
+        await page.evaluate(
+            "() => ({access: localStorage.getItem('tl.access_token'), refresh: localStorage.getItem('tl.refresh_token')})"
+        )
+    )
 
 
 # -- journeys ----------------------------------------------------------------------------------------
 @journey(name="WebSocket auth handshake", priority="P0", mrr=50_000, components=COMPONENTS)
 async def test_login_token_opens_socket_and_refresh_rotates(
-    page: Any, ws_recorder: Any, urls: dict[str, str], users: UserFactory, http: Any, redis: Any,
-    stack: Stack, provider_name: str,
+    page: Any,
+    ws_recorder: Any,
+    urls: dict[str, str],
+    users: UserFactory,
+    http: Any,
+    redis: Any,
+    stack: Stack,
+    provider_name: str,
 ) -> None:
     """A real login's token opens the chat socket; refresh gives a working token; the old refresh token is dead."""
     ws_url, auth_url = urls["ws_url"], urls["auth_url"]
@@ -147,13 +164,15 @@ async def test_login_token_opens_socket_and_refresh_rotates(
         assert await dashboard.chat.connection_state() == "connected", "the chat does not say Connected"
         state = await dashboard.frontend_state()
         assert state["connection"] == "connected", f"the app reports connection {state['connection']!r}"
-        assert established.data["payload"]["user_id"] == user.user_id == state["user"]["id"], \
+        assert established.data["payload"]["user_id"] == user.user_id == state["user"]["id"], (
             "the socket greets a different user than the one who logged in"
+        )
         socket_url = ws_recorder.connections[0].url
         browser_tokens = await local_tokens(page)
         assert browser_tokens["access"], "no access token kept in localStorage after login"
-        assert browser_tokens["access"] not in socket_url and "token" not in socket_url.lower(), \
+        assert browser_tokens["access"] not in socket_url and "token" not in socket_url.lower(), (
             "the access token travels in the WebSocket URL (it would land in server logs)"
+        )
 
     async with step("Redis holds the login's session auth:session:{sid}"):
         browser_sid = claims_of(str(browser_tokens["access"]))["sid"]
@@ -163,33 +182,51 @@ async def test_login_token_opens_socket_and_refresh_rotates(
         assert session.ttl > 0, "the Redis session never expires"
 
     async with step("The same token opens a raw socket (jwt.<token> subprotocol)"):
-        await assert_accepted(ws_url, str(browser_tokens["access"]), str(user.user_id), "the login's access token")
+        await assert_accepted(
+            ws_url, str(browser_tokens["access"]), str(user.user_id), "the login's access token"
+        )
 
     async with step("Refresh (POST /auth/refresh) gives a new access token that opens the socket"):
         api_tokens = await users.login(user)  # a second session, so the browser's tokens stay untouched
         api_sid = claims_of(api_tokens["access_token"])["sid"]
         assert (await redis.key(f"auth:session:{api_sid}")).exists, "login over the API made no Redis session"
-        response = await http.post(f"{auth_url}/auth/refresh", json={"refresh_token": api_tokens["refresh_token"]})
+        response = await http.post(
+            f"{auth_url}/auth/refresh", json={"refresh_token": api_tokens["refresh_token"]}
+        )
         assert response.status_code == 200, f"refresh answered {response.status_code}: {response.text}"
         renewed = response.json()
         assert renewed["access_token"] != api_tokens["access_token"], "refresh returned the same access token"
-        assert renewed["refresh_token"] != api_tokens["refresh_token"], "refresh did not rotate the refresh token"
-        assert claims_of(renewed["access_token"])["sid"] == api_sid, "refresh moved the token to another session"
-        await assert_accepted(ws_url, renewed["access_token"], str(user.user_id), "the refreshed access token")
+        assert renewed["refresh_token"] != api_tokens["refresh_token"], (
+            "refresh did not rotate the refresh token"
+        )
+        assert claims_of(renewed["access_token"])["sid"] == api_sid, (
+            "refresh moved the token to another session"
+        )
+        await assert_accepted(
+            ws_url, renewed["access_token"], str(user.user_id), "the refreshed access token"
+        )
 
     async with step("The old refresh token is refused, and its reuse ends that session"):
-        replay = await http.post(f"{auth_url}/auth/refresh", json={"refresh_token": api_tokens["refresh_token"]})
-        assert replay.status_code == 401, \
+        replay = await http.post(
+            f"{auth_url}/auth/refresh", json={"refresh_token": api_tokens["refresh_token"]}
+        )
+        assert replay.status_code == 401, (
             f"refreshing with an already-used refresh token answered {replay.status_code}, expected 401"
+        )
         # Reuse of a rotated refresh token looks like theft: the whole session is revoked.
         gone = await redis.key(f"auth:session:{api_sid}")
         assert not gone.exists, "a replayed refresh token left its session alive in Redis"
-        await assert_refused(ws_url, renewed["access_token"], "an access token of a session revoked for reuse")
+        await assert_refused(
+            ws_url, renewed["access_token"], "an access token of a session revoked for reuse"
+        )
 
     async with step("The browser's own session is untouched by the other session's revocation"):
-        assert (await redis.key(f"auth:session:{browser_sid}")).exists, \
+        assert (await redis.key(f"auth:session:{browser_sid}")).exists, (
             "revoking one session removed the browser's session too"
-        assert await dashboard.chat.connection_state() == "connected", "the browser's chat lost its connection"
+        )
+        assert await dashboard.chat.connection_state() == "connected", (
+            "the browser's chat lost its connection"
+        )
 
     async with step("An expired access token in the browser is renewed silently with the refresh token"):
         pem, kid = await signing_key(stack, http, auth_url)
@@ -201,7 +238,9 @@ async def test_login_token_opens_socket_and_refresh_rotates(
         closed = await ws_recorder.wait_for_close(UNAUTHORIZED)
         assert closed.close_code == UNAUTHORIZED
         await ws_recorder.wait_for("connection_established", after=mark - 1)
-        assert "/dashboard" in page.url, f"the UI left the dashboard ({page.url}) although the refresh token was valid"
+        assert "/dashboard" in page.url, (
+            f"the UI left the dashboard ({page.url}) although the refresh token was valid"
+        )
         after = await local_tokens(page)
         assert after["access"] and after["access"] != expired, "the expired access token was not replaced"
         assert after["refresh"] != browser_tokens["refresh"], "the refresh token was not rotated"
@@ -215,8 +254,15 @@ BAD_TOKENS = ["expired", "tampered signature", "wrong audience", "revoked by log
 @pytest.mark.parametrize("case", BAD_TOKENS)
 @journey(name="WebSocket auth handshake", priority="P0", mrr=50_000, components=COMPONENTS)
 async def test_socket_refuses_bad_tokens(
-    case: str, page: Any, ws_recorder: Any, urls: dict[str, str], users: UserFactory, http: Any, redis: Any,
-    stack: Stack, provider_name: str,
+    case: str,
+    page: Any,
+    ws_recorder: Any,
+    urls: dict[str, str],
+    users: UserFactory,
+    http: Any,
+    redis: Any,
+    stack: Stack,
+    provider_name: str,
 ) -> None:
     """Expired, tampered, wrong-audience and revoked tokens get close 4401 and no frame; the UI asks to log in."""
     ws_url, auth_url = urls["ws_url"], urls["auth_url"]
@@ -233,10 +279,13 @@ async def test_socket_refuses_bad_tokens(
         if case == "tampered signature":
             bad = flip_signature_byte(genuine)
         elif case == "revoked by logout":
-            response = await http.post(f"{auth_url}/auth/logout", headers={"Authorization": f"Bearer {genuine}"})
+            response = await http.post(
+                f"{auth_url}/auth/logout", headers={"Authorization": f"Bearer {genuine}"}
+            )
             assert response.status_code == 204, f"logout answered {response.status_code}: {response.text}"
-            assert not (await redis.key(f"auth:session:{sid}")).exists, \
+            assert not (await redis.key(f"auth:session:{sid}")).exists, (
                 "auth:session is still in Redis after logout"
+            )
             bad = genuine
             refresh_in_browser = str(user.tokens["refresh_token"])  # the real one, dead with its session
         else:
@@ -255,11 +304,13 @@ async def test_socket_refuses_bad_tokens(
         login = await LoginPage(page, urls["frontend_url"], provider_name).open()
         await page.evaluate(
             "([a, r]) => { localStorage.setItem('tl.access_token', a); localStorage.setItem('tl.refresh_token', r); }",
-            [bad, refresh_in_browser])
+            [bad, refresh_in_browser],
+        )
         await page.goto(login.url_for("/dashboard"))
         await login.wait_until_loaded()
-        assert await login.error_code() == "session_expired", \
+        assert await login.error_code() == "session_expired", (
             f"the login page shows {await login.error_message()!r} instead of the 'session expired' message"
+        )
         message = await login.error_message() or ""
         assert "session has expired" in message.lower(), f"the login page says {message!r}"
         closed = await ws_recorder.wait_for_close(UNAUTHORIZED)
@@ -275,4 +326,6 @@ async def test_socket_refuses_bad_tokens(
             assert not session.exists, "the logged-out session came back in Redis"
         else:
             assert session.exists, f"refusing a {case} token revoked the user's real session"
-            await assert_accepted(ws_url, genuine, str(user.user_id), "the genuine access token, after the refusal")
+            await assert_accepted(
+                ws_url, genuine, str(user.user_id), "the genuine access token, after the refusal"
+            )

@@ -69,6 +69,7 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
 )
 
+
 def _make_hasher() -> PasswordHasher:
     """argon2id with argon2-cffi's defaults, or the cost given by TL_ARGON2_* (the test stack uses
     OWASP's minimum, m=19 MiB t=2 p=1, so that journeys on a 2-core machine do not queue on hashing)."""

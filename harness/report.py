@@ -186,7 +186,7 @@ class JourneyResult:
         return "skipped" if outcomes == {"skipped"} else "passed"
 
 
-@dataclass
+@dataclass(eq=False)  # registered as a pluggy plugin: must stay hashable
 class ReportPlugin:
     """Registered by the browser plugin; its pytest-html hooks are optional (no pytest-html, no-op)."""
 

@@ -102,3 +102,11 @@ def test_should_refuse_a_journey_with_an_unknown_component_at_collection(pyteste
             "*test_chat*unknown component(s) 'kafka'; known components: agent, auth, backend*",
         ]
     )
+
+
+def test_report_plugin_should_be_hashable_as_pluggy_requires(pytestconfig: pytest.Config) -> None:
+    """pluggy hashes plugins when conftests of sibling dirs are filtered (`pytest tests journeys`)."""
+    from harness.report import ReportPlugin
+
+    plugin = ReportPlugin(pytestconfig)
+    assert {plugin: 1}[plugin] == 1

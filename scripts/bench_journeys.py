@@ -29,8 +29,20 @@ def main() -> int:
     failures = 0
     for i in range(args.runs):
         t0 = time.monotonic()
+        out_dir = ROOT / "reports" / "bench" / f"run-{i + 1}"
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "journeys", "-q", "-p", "no:cacheprovider", *extra],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "journeys",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--output",
+                str(out_dir),
+                *extra,
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -42,6 +54,9 @@ def main() -> int:
         failures += not ok
         print(f"run {i + 1}/{args.runs}: {wall:6.1f} s  {'ok  ' if ok else 'FAIL'}  {last}", flush=True)
         if not ok:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "pytest-output.txt").write_text(result.stdout + result.stderr)
+            print(f"    full output and artifacts: {out_dir}", flush=True)
             for line in result.stdout.splitlines():
                 if re.match(r"^(FAILED|ERROR) ", line):
                     print(f"    {line}", flush=True)

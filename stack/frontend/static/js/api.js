@@ -7,6 +7,13 @@ export const STORAGE = Object.freeze({
   activeThread: "tl.active_thread_id",
 });
 
+// Set by a deliberate logout until the next login stores tokens: a 401 or 4401 that races the
+// logout (the session is revoked server-side first) must not turn into "session expired".
+let loggedOut = false;
+export function markLoggedOut() {
+  loggedOut = true;
+}
+
 export const tokens = {
   get access() {
     return localStorage.getItem(STORAGE.access);
@@ -18,6 +25,7 @@ export const tokens = {
     return Boolean(localStorage.getItem(STORAGE.access));
   },
   store(access, refresh) {
+    loggedOut = false;
     if (access) localStorage.setItem(STORAGE.access, access);
     if (refresh) localStorage.setItem(STORAGE.refresh, refresh);
   },
@@ -93,14 +101,14 @@ export function refreshSession() {
   if (!refreshInFlight) {
     refreshInFlight = (async () => {
       const refresh = tokens.refresh;
-      if (!refresh) return false;
+      if (!refresh || loggedOut) return false;
       try {
         const res = await rawRequest("auth", "/auth/refresh", {
           method: "POST",
           body: { refresh_token: refresh },
           auth: false,
         });
-        if (!res.ok || !res.data || !res.data.access_token) return false;
+        if (!res.ok || !res.data || !res.data.access_token || loggedOut) return false;
         tokens.store(res.data.access_token, res.data.refresh_token);
         return true;
       } catch {
@@ -114,6 +122,7 @@ export function refreshSession() {
 }
 
 export function expireSession() {
+  if (loggedOut) return;
   tokens.clear();
   sessionExpiredHandler();
 }

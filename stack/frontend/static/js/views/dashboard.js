@@ -1,5 +1,5 @@
 // The dashboard: profile, plan, usage this month, and the chat panel.
-import { request, ServiceUnreachable, SessionExpired, tokens } from "../api.js";
+import { markLoggedOut, request, ServiceUnreachable, SessionExpired, tokens } from "../api.js";
 import { ChatPanel, describeHttpFailure } from "../chat.js";
 import { clear, h, setTitle } from "../dom.js";
 import { appState, resetState } from "../state.js";
@@ -201,13 +201,16 @@ export function renderDashboard(root, { navigate, setHeader }) {
   async function logout() {
     logoutButton.disabled = true;
     const refresh = tokens.refresh;
+    // Stop the socket and silence 401 handling first: the revocation below makes every request
+    // still in flight fail with 401, which is the logout itself, not an expired session.
+    markLoggedOut();
+    stopped = true;
+    chat.destroy();
     try {
       await request("auth", "/auth/logout", { method: "POST", body: refresh ? { refresh_token: refresh } : {} });
     } catch {
       // Logging out locally must work even when the auth service is down.
     }
-    stopped = true;
-    chat.destroy();
     tokens.clear();
     resetState();
     navigate("/login?logged_out=1");

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +34,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from stack.externals._common import AccessLog, log_line
 
 SERVICE = "llm"
 HANG_MAX_SECONDS = 60.0
@@ -48,42 +49,13 @@ log = logging.getLogger("stack.externals.llm")
 
 
 def _log_line(line: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {SERVICE} {line}", file=sys.stderr, flush=True)
+    log_line(SERVICE, line)
 
 
-class _AccessLog:
-    """Pure ASGI middleware: exactly one stderr line per HTTP request (also for aborted streams)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: list[int] = [0]
-
-        async def _send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        outcome = ""
-        try:
-            await self.app(scope, receive, _send)
-        except _DropConnection:
-            outcome = " (connection dropped by control)"
-            raise
-        except BaseException as exc:
-            outcome = f" (error {type(exc).__name__})"
-            raise
-        finally:
-            headers = dict(scope.get("headers") or [])
-            rid = headers.get(b"x-request-id", b"-").decode("latin-1")[:128]
-            client = (scope.get("client") or ("-", 0))[0]
-            ms = (time.perf_counter() - started) * 1000
-            _log_line(f"{client} {scope['method']} {scope['path']} {status[0]} {ms:.1f}ms rid={rid}{outcome}")
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, _DropConnection):
+        return " (connection dropped by control)"
+    return f" (error {type(exc).__name__})"
 
 
 class _DropConnection(Exception):
@@ -336,7 +308,7 @@ def create_app() -> FastAPI:
     state = State()
     app = FastAPI(title="LLM stand-in (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llm = state
-    app.add_middleware(_AccessLog)
+    app.add_middleware(AccessLog, service=SERVICE, describe_error=_describe_error)
 
     def _authorized(request: Request) -> bool:
         auth = request.headers.get("authorization", "")

@@ -36,16 +36,16 @@ import html
 import json
 import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from stack.externals._common import AccessLog, log_line
 
 SERVICE = "oidc"
 TXN_TTL = 600
@@ -60,35 +60,7 @@ DEFAULT_IDENTITIES = [
 
 
 def _log_line(line: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {SERVICE} {line}", file=sys.stderr, flush=True)
-
-
-class _AccessLog:
-    """Pure ASGI middleware: one stderr line per HTTP request; never logs query strings (codes, state)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: list[int] = [0]
-
-        async def _send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, _send)
-        finally:
-            headers = dict(scope.get("headers") or [])
-            rid = headers.get(b"x-request-id", b"-").decode("latin-1")[:128]
-            client = (scope.get("client") or ("-", 0))[0]
-            ms = (time.perf_counter() - started) * 1000
-            _log_line(f"{client} {scope['method']} {scope['path']} {status[0] or 500} {ms:.1f}ms rid={rid}")
+    log_line(SERVICE, line)
 
 
 # --------------------------------------------------------------------------- model
@@ -319,7 +291,7 @@ def create_app(issuer: str | None = None) -> FastAPI:
 
     app = FastAPI(title="OIDC provider stand-in", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.oidc = settings
-    app.add_middleware(_AccessLog)
+    app.add_middleware(AccessLog, service=SERVICE)
 
     def iss(request: Request) -> str:
         return settings.issuer or str(request.base_url).rstrip("/")

@@ -23,16 +23,15 @@ import email
 import email.policy
 import html
 import re
-import sys
-import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import getaddresses
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from stack.externals._common import AccessLog, log_line
 
 SERVICE = "smtp_sink"
 MAX_WAIT_SECONDS = 30.0
@@ -43,33 +42,7 @@ _HREF_RE = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 
 
 def _log_line(line: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {SERVICE} {line}", file=sys.stderr, flush=True)
-
-
-class _AccessLog:
-    """Pure ASGI middleware: one stderr line per HTTP request (path only, no query string)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: list[int] = [0]
-
-        async def _send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, _send)
-        finally:
-            client = (scope.get("client") or ("-", 0))[0]
-            ms = (time.perf_counter() - started) * 1000
-            _log_line(f"{client} {scope['method']} {scope['path']} {status[0] or 500} {ms:.1f}ms")
+    log_line(SERVICE, line)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -223,7 +196,7 @@ def create_app(store: MessageStore | None = None, smtp_port: int | None = None) 
     store = store or MessageStore()
     app = FastAPI(title="SMTP sink stand-in", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-    app.add_middleware(_AccessLog)
+    app.add_middleware(AccessLog, service=SERVICE)
 
     @app.get("/health")
     async def health() -> dict:

@@ -552,6 +552,20 @@ async def test_thread_continuation_and_isolation(backend, users, http, pg):
     assert created.status_code == 201 and created.json()["title"] == "Planning"
 
 
+async def test_data_agent_counts_the_turn_that_just_finished(backend, users):
+    """get_my_usage right after a turn sees it, even while its usage is still in the outbox."""
+    alice = await users.new()
+    async with connect(backend, alice["token"]) as chat:
+        _, first = await chat.turn("hello there")
+        assert first[-1]["type"] == "agent_completed", first[-1]
+        _, frames = await chat.turn("how many tokens did I use")
+    tool = next(f for f in frames if f["type"] == "tool_completed")["payload"]["result"]
+    usage = first[-1]["payload"]["usage"]
+    assert tool["events"] == 1, f"the data agent missed the turn that had just finished: {tool}"
+    assert tool["prompt_tokens"] == usage["prompt_tokens"]
+    assert tool["completion_tokens"] == usage["completion_tokens"]
+
+
 @pytest.mark.parametrize(
     "case", ["expired", "tampered", "wrong_aud", "revoked", "foreign_key", "garbage", "none"]
 )

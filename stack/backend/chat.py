@@ -238,6 +238,9 @@ class ChatConnection:
 
         async def get_my_usage() -> dict:
             try:
+                # Usage of turns that just finished may still sit in the outbox: copy it first, so
+                # "how many tokens did I use" counts every completed turn (as /api/usage does).
+                await s.settle_outbox(uid, budget_s=3.0)
                 totals = summarize(await usage_by_agent(s.ch, uid))
             except StoreUnavailable as exc:
                 log.warning("get_my_usage: %s", exc)

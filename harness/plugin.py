@@ -102,10 +102,8 @@ def probe_recorder(request: pytest.FixtureRequest) -> Callable[[ProbeRecord], No
     trail: Any = None
     if "data_trail" in request.fixturenames or _has_fixture(request, "data_trail"):
         trail = request.getfixturevalue("data_trail")
-    records: list[ProbeRecord] = []
 
     def record(item: ProbeRecord) -> None:
-        records.append(item)
         if trail is not None:
             trail.append((item.label, item.query, item.value))
 

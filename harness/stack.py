@@ -8,6 +8,7 @@ reads the URLs from THROUGHLINE_* variables instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,12 @@ class Service:
     def start(self) -> float:
         self.process.start()
         return self.process.wait_ready()
+
+    async def astart(self) -> float:
+        """start() for async code: spawn on this thread (PDEATHSIG is tied to the spawning thread),
+        wait for readiness in a worker so the event loop (browser, recorders) keeps running."""
+        self.process.start()
+        return await asyncio.to_thread(self.process.wait_ready)
 
     def restart(self) -> float:
         """Graceful stop, start on the same port, wait until ready; seconds to ready."""
@@ -438,7 +445,3 @@ def parse_only(value: str | None) -> tuple[str, ...]:
         else:
             raise ValueError(f"unknown service '{part}' (known: infra, externals, {', '.join(ALL)})")
     return tuple(n for n in ALL if n in wanted)
-
-
-def _names(names: Iterable[str]) -> str:
-    return ", ".join(names)

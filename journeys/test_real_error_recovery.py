@@ -10,7 +10,6 @@ these find the stack as it was.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -222,11 +221,7 @@ async def restored(stack: Stack, name: str) -> AsyncIterator[Service]:
 
 async def bring_back(service: Service) -> float:
     """Service.start(), without blocking the event loop while the readiness probe polls."""
-    if service.is_running:
-        return 0.0
-    # Spawn on this thread (PDEATHSIG is tied to the spawning thread, harness/stack.py), wait in a worker.
-    service.process.start()
-    return await asyncio.to_thread(service.process.wait_ready)
+    return 0.0 if service.is_running else await service.astart()
 
 
 def needs_local_stack(stack: Stack) -> None:

@@ -1,5 +1,5 @@
-"""stack/backend, run for real: uvicorn in a subprocess against the dev PostgreSQL (scratch
-database) and Redis, our ClickHouse HTTP server (chdb) and the LLM stand-in, with tokens minted
+"""stack/backend, run for real: uvicorn in a subprocess against PostgreSQL (a scratch database)
+and Redis from the `stores` fixture (tests/conftest.py), our ClickHouse HTTP server (chdb) and the LLM stand-in, with tokens minted
 here from a test RSA key whose JWKS a tiny local HTTP server serves."""
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_DSN = os.environ.get("TL_TEST_PG_DSN", "postgresql://tl@127.0.0.1:55432/backend")
-REDIS_URL = os.environ.get("TL_TEST_REDIS_URL", "redis://127.0.0.1:56379/0")
 ISSUER, AUDIENCE = "throughline-auth", "throughline-api"
 SECRET = "test-internal-secret"
 WS_LIMIT, HTTP_LIMIT, AGENT_CONCURRENCY = 5, 25, 2
@@ -125,18 +123,23 @@ def auth_url(rsa_key):
 
 
 @pytest.fixture(scope="module")
-def pg_dsn():
+def redis_url(stores):
+    return stores.redis_url(0)
+
+
+@pytest.fixture(scope="module")
+def pg_dsn(stores):
     name = f"backend_test_{uuid.uuid4().hex[:10]}"
 
     async def admin(sql: str):
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        conn = await asyncpg.connect(f"{stores.pg_base}/postgres")
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    yield f"{stores.pg_base}/{name}"
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
@@ -184,12 +187,12 @@ def llm_url():
 
 
 @pytest.fixture(scope="module")
-def backend(pg_dsn, clickhouse_url, llm_url, auth_url, tmp_path_factory):
+def backend(pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, tmp_path_factory):
     port = free_port()
     env = {
         **os.environ,
         "TL_BACKEND_DSN": pg_dsn,
-        "TL_REDIS_URL": REDIS_URL,
+        "TL_REDIS_URL": redis_url,
         "TL_CLICKHOUSE_URL": clickhouse_url,
         "TL_AUTH_URL": auth_url,
         "TL_FRONTEND_URL": "http://127.0.0.1:3999",
@@ -208,7 +211,6 @@ def backend(pg_dsn, clickhouse_url, llm_url, auth_url, tmp_path_factory):
     }
     log_path = tmp_path_factory.mktemp("backend") / "backend.log"
     with open(log_path, "wb") as log_file:
-        started = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-m", "stack.backend", "--port", str(port)],
             cwd=ROOT,
@@ -219,8 +221,7 @@ def backend(pg_dsn, clickhouse_url, llm_url, auth_url, tmp_path_factory):
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(f"{url}/health", proc)
-            startup = time.monotonic() - started
-            yield {"url": url, "ws": f"ws://127.0.0.1:{port}/ws", "log": log_path, "startup_s": startup}
+            yield {"url": url, "ws": f"ws://127.0.0.1:{port}/ws", "log": log_path}
         finally:
             stop(proc)
     log_text = log_path.read_text()
@@ -236,8 +237,8 @@ async def pg(pg_dsn, backend):
 
 
 @pytest.fixture
-async def rds():
-    client = aioredis.from_url(REDIS_URL, decode_responses=True)
+async def rds(redis_url):
+    client = aioredis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
 
@@ -814,12 +815,12 @@ class TcpProxy:
 
 
 @pytest.fixture(scope="module")
-def outage_backend(backend, pg_dsn, clickhouse_url, llm_url, auth_url, tmp_path_factory):
+def outage_backend(backend, pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, tmp_path_factory):
     """A second backend whose PostgreSQL, Redis and ClickHouse connections go through switchable proxies."""
     pg_host_port = pg_dsn.split("@", 1)[1].split("/", 1)[0]
     proxies = {
         "postgres": TcpProxy("127.0.0.1", int(pg_host_port.rsplit(":", 1)[1])),
-        "redis": TcpProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])),
+        "redis": TcpProxy("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0])),
         "clickhouse": TcpProxy("127.0.0.1", int(clickhouse_url.rsplit(":", 1)[1])),
     }
     port = free_port()

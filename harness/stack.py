@@ -64,10 +64,11 @@ PLATFORM_DEFAULTS = {
     "TL_RATE_HTTP_LIMIT": "100",
     "TL_RATE_HTTP_WINDOW": "10",
     "TL_RATE_WS_LIMIT": "8",
-    "TL_RATE_WS_WINDOW": "10",
+    # windows short enough that the rate-limit journey waits seconds, not minutes, for a reset
+    "TL_RATE_WS_WINDOW": "6",
     "TL_RATE_AGENT_CONCURRENCY": "2",
     "TL_LOGIN_ATTEMPT_LIMIT": "5",
-    "TL_LOGIN_ATTEMPT_WINDOW": "15",
+    "TL_LOGIN_ATTEMPT_WINDOW": "8",
     "TL_LLM_TIMEOUT": "5",
     # OWASP's minimum argon2id cost instead of argon2-cffi's default (64 MiB, t=3, p=4): still the
     # real algorithm, but a 2-core machine running journeys does not queue logins behind hashing.

@@ -314,9 +314,9 @@ async def test_usage_becomes_an_exact_invoice(
             await dashboard.wait_for_error_banner("assistant is unavailable")
 
         async with step("Two replies in progress: a third message is rate limited"):
-            # each slow reply trickles 2 chunks 4 s apart, then its stream drops: Alice's 2 agent slots stay
-            # taken for ~8 s, and the turns end in llm_unavailable, never in usage
-            await llm.set(latency_ms=4000, drop_next=2)
+            # each slow reply trickles 2 chunks 2.5 s apart, then its stream drops: Alice's 2 agent slots
+            # stay taken for ~5 s, and the turns end in llm_unavailable, never in usage
+            await llm.set(latency_ms=2500, drop_next=2)
             burst = ["First slow message", "Second slow message", "One message too many"]
             try:
                 # typed in one burst (Enter sends): all three reach the backend while the first two run

@@ -329,8 +329,8 @@ async def test_third_concurrent_agent_run_is_throttled(
         dave_sock = await sockets.enter_async_context(ChatSocket(urls["ws_url"], dave))
 
         async with step(f"{concurrency} slow replies start; one more message at once is throttled (agent)"):
-            # every streamed event takes 1 s: a run stays open ~9 s, far longer than the next frames take
-            await llm.set(latency_ms=1000)
+            # every streamed event takes 0.6 s: a run stays open ~5 s, far longer than the next frames take
+            await llm.set(latency_ms=600)
             burst = [await carol_sock.send(f"Slow reply number {i}") for i in range(1, concurrency + 2)]
             running, extra = burst[:-1], burst[-1]
             throttled = (await carol_sock.wait_for_outcomes([extra]))[extra]

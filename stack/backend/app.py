@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from stack.common.settings import Settings
 from stack.common.signing import SIGNATURE_HEADER, verify_signature
 
 from . import ratelimit
@@ -35,7 +36,6 @@ from .auth import (
 )
 from .chat import ChatConnection
 from .log import RequestIdMiddleware, setup_logging
-from .settings import Settings
 from .stores import ClickHouse, Postgres, Redis, StoreUnavailable
 from .usage import OutboxFlusher, money, summarize, usage_by_agent
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
 
-__all__ = ["Settings", "env_int", "env_str"]
+__all__ = ["Settings", "env_decimal", "env_float", "env_int", "env_str"]
 
 
 def env_str(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -36,6 +37,28 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    """`env[name]` as a float, or `default` when unset; a non-number raises ValueError naming it."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_decimal(env: Mapping[str, str], name: str, default: Decimal) -> Decimal:
+    """`env[name]` as an exact Decimal (prices), or `default` when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a decimal number, got {raw!r}") from None
+
+
 def _url(env: Mapping[str, str], name: str, default: str = "") -> str:
     return env_str(env, name, default).rstrip("/")
 
@@ -45,14 +68,14 @@ class Settings:
     auth_dsn: str = "postgresql://tl@127.0.0.1:5432/auth"
     backend_dsn: str = "postgresql://tl@127.0.0.1:5432/backend"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    clickhouse_url: str = ""
+    clickhouse_url: str = "http://127.0.0.1:8123"
     auth_url: str = "http://127.0.0.1:8001"
     backend_url: str = "http://127.0.0.1:8002"
     frontend_url: str = "http://127.0.0.1:8000"
-    llm_base_url: str = ""
+    llm_base_url: str = "http://127.0.0.1:8009/v1"
     llm_api_key: str = "sk-standin"
     llm_model: str = "standin-gpt"
-    llm_timeout: int = 5
+    llm_timeout: float = 5.0
     oidc_issuer: str = ""
     oidc_provider: str = "acme"
     oidc_provider_name: str = "Acme ID"
@@ -74,6 +97,8 @@ class Settings:
     rate_agent_concurrency: int = 2
     login_attempt_limit: int = 5
     login_attempt_window: int = 15
+    price_prompt: Decimal = Decimal("0.000002")  # USD per token
+    price_completion: Decimal = Decimal("0.000004")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,7 +108,11 @@ class Settings:
         for f in fields(cls):
             name = "TL_" + f.name.upper()
             default = f.default
-            if isinstance(default, int):
+            if isinstance(default, float):
+                values[f.name] = env_float(env, name, default)
+            elif isinstance(default, Decimal):
+                values[f.name] = env_decimal(env, name, default)
+            elif isinstance(default, int):
                 values[f.name] = env_int(env, name, default)
             elif f.name.endswith("_url") or f.name == "oidc_issuer":
                 values[f.name] = _url(env, name, str(default))

@@ -4,6 +4,8 @@ The access token of a real login opens the chat socket (token in `Sec-WebSocket-
 never in the URL); refresh rotates the tokens; expired, tampered, wrong-audience and revoked
 tokens are refused with close 4401 before any chat frame, both for a raw client and in the
 browser, where the UI sends the person back to the login page saying the session expired.
+A socket opened with a good token does not outlive its session: after a logout elsewhere its
+next message closes it with 4401.
 """
 
 from __future__ import annotations
@@ -329,3 +331,66 @@ async def test_socket_refuses_bad_tokens(
             await assert_accepted(
                 ws_url, genuine, str(user.user_id), "the genuine access token, after the refusal"
             )
+
+
+@journey(name="WebSocket auth handshake", priority="P0", mrr=50_000, components=[*COMPONENTS, "postgres"])
+async def test_logout_elsewhere_closes_the_open_socket(
+    page: Any,
+    ws_recorder: Any,
+    urls: dict[str, str],
+    users: UserFactory,
+    http: Any,
+    redis: Any,
+    pg: Any,
+    provider_name: str,
+) -> None:
+    """A socket opened with a good token does not outlive its session: after a logout elsewhere,
+    the next message closes it with 4401 before any turn starts, and the UI asks to log in."""
+    user = await users.verified("wsopen", full_name="Olive Open")
+
+    async with step("Log in through the UI: the chat is connected"):
+        dashboard = await login_through_ui(page, urls, user, provider_name)
+        await ws_recorder.wait_for("connection_established")
+        access = str((await local_tokens(page))["access"])
+        sid = claims_of(access)["sid"]
+
+    async with step("The session is ended elsewhere (POST /auth/logout with the same token)"):
+        response = await http.post(
+            f"{urls['auth_url']}/auth/logout", headers={"Authorization": f"Bearer {access}"}
+        )
+        assert response.status_code == 204, f"logout answered {response.status_code}: {response.text}"
+        assert not (await redis.key(f"auth:session:{sid}")).exists, (
+            "auth:session is still in Redis after logout"
+        )
+        assert await dashboard.chat.connection_state() == "connected", (
+            "the open socket was expected to stay up until it is next used"
+        )
+
+    async with step("The next message on the open socket: close 4401, no turn starts"):
+        text = "Am I still signed in?"
+        await dashboard.chat.submit(text)
+        sent = await ws_recorder.wait_for("user_message", where={"payload.content": text}, direction="sent")
+        closed = await ws_recorder.wait_for_close(UNAUTHORIZED)
+        assert closed.close_code == UNAUTHORIZED
+        rid = sent.data["request_id"]
+        answered = [
+            f.type
+            for f in ws_recorder.frames(direction="received")
+            if isinstance(f.data, dict) and f.data.get("request_id") == rid
+        ]
+        assert not answered, f"the message on a revoked session got frames {answered}"
+
+    async with step("The browser is sent to log in again ('session expired'), holding no token"):
+        login = await LoginPage(page, urls["frontend_url"], provider_name).wait_until_loaded()
+        assert await login.error_code() == "session_expired", (
+            f"the login page shows {await login.error_message()!r} instead of the 'session expired' message"
+        )
+        assert await local_tokens(page) == {"access": None, "refresh": None}, (
+            "tokens are still in localStorage"
+        )
+
+    async with step("Stores: nothing of the refused message, the session stays gone"):
+        assert await pg.backend.count("messages", "request_id = $1", rid) == 0, (
+            "the message sent on a revoked session was stored"
+        )
+        assert not (await redis.key(f"auth:session:{sid}")).exists, "the logged-out session came back"

@@ -118,7 +118,17 @@ class ChatPanel(BasePage):
     # ------------------------------------------------------------------ sending
 
     async def send(self, text: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        """Type `text` into "Message" and press "Send" (waits until sending is possible)."""
+        """Type `text` into "Message" and press "Send" (waits until sending is possible), then wait
+        until the message shows in the conversation."""
+        __tracebackhide__ = True
+        await self.submit(text, timeout)
+        await self.expect_visible(
+            self.message_items.filter(has_text=text).last, f"my message {text!r} in the conversation", timeout
+        )
+
+    async def submit(self, text: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Type `text` and press "Send", waiting for nothing after: for a send whose outcome may
+        take the person off the dashboard (a revoked session)."""
         __tracebackhide__ = True
         await self.expect_visible(
             self.send_button.and_(self.page.locator(":enabled")), 'an enabled "Send"', timeout
@@ -131,9 +141,6 @@ class ChatPanel(BasePage):
         )
         await self.input.fill(text)
         await self.send_button.click()
-        await self.expect_visible(
-            self.message_items.filter(has_text=text).last, f"my message {text!r} in the conversation", timeout
-        )
 
     async def wait_for_stream_started(self, timeout: float = REPLY_TIMEOUT_S) -> Locator:
         """Wait until the reply to the last send has rendered at least one streamed chunk."""

@@ -601,6 +601,28 @@ async def test_ws_rejects_bad_tokens_with_4401(backend, users, rds, case):
     assert closed.value.rcvd.code == 4401
 
 
+@pytest.mark.parametrize("lapse", ["revoked", "expired"])
+async def test_an_open_socket_does_not_outlive_its_session(backend, users, rds, pg, lapse):
+    """A token good at the handshake: after a revocation (or its expiry) the next user_message
+    closes the socket with 4401, before any rate-limit count, row or frame of a turn."""
+    user = await users.new()
+    token = users.mint(user["id"], user["sid"], exp_in=2) if lapse == "expired" else user["token"]
+    async with connect(backend, token) as chat:  # accepted: connection_established arrived
+        if lapse == "revoked":
+            await rds.delete(f"auth:session:{user['sid']}")
+        else:
+            exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+            await eventually(lambda: time.time() >= exp, deadline_s=4, what="the token's exp to pass")
+        rid = await chat.send("hello after the session ended")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            frame = await chat.recv()
+            pytest.fail(f"got a frame instead of the close: {frame}")
+    reason = "session revoked" if lapse == "revoked" else "token expired"
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, reason)
+    assert await pg.fetchval("SELECT count(*) FROM messages WHERE request_id = $1", rid) == 0
+    assert await rds.get(f"rl:ws:{user['id']}") is None, "the refused message counted against the rate limit"
+
+
 async def test_bad_frames_and_ping(backend, users, pg):
     user = await users.new()
     async with connect(backend, user["token"]) as chat:

@@ -32,6 +32,7 @@ class Principal:
     user_id: str
     email: str
     sid: str
+    expires_at: float = 0.0  # the token's exp (epoch seconds); 0 = not known
 
 
 class JWKSCache:
@@ -108,7 +109,23 @@ class Authenticator:
             alive = await r.exists(f"auth:session:{sid}")
         if not alive:
             raise AuthError("session revoked")
-        return Principal(user_id=str(claims["sub"]), email=str(claims.get("email") or ""), sid=sid)
+        return Principal(
+            user_id=str(claims["sub"]),
+            email=str(claims.get("email") or ""),
+            sid=sid,
+            expires_at=float(claims["exp"]),
+        )
+
+    async def still_valid(self, principal: Principal) -> str | None:
+        """Why a principal verified earlier (an open WebSocket's) may no longer act, or None.
+
+        Checked before every chat message: a logout or revocation elsewhere, or the token's
+        expiry, ends the socket's right to start turns. Raises StoreUnavailable."""
+        if principal.expires_at and time.time() >= principal.expires_at:
+            return "token expired"
+        async with self.redis.guard() as r:
+            alive = await r.exists(f"auth:session:{principal.sid}")
+        return None if alive else "session revoked"
 
 
 def bearer_token(authorization: str | None) -> str | None:

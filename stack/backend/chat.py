@@ -123,6 +123,8 @@ class ChatConnection:
             if raw is None and message.get("bytes") is not None:
                 raw = message["bytes"].decode("utf-8", "replace")
             await self.dispatch(raw or "")
+            if self.closed:
+                return
 
     async def dispatch(self, raw: str) -> None:
         try:
@@ -161,6 +163,14 @@ class ChatConnection:
         """Rate limits, checked in frame order; an admitted turn runs as its own task."""
         cfg = self.s.settings
         try:
+            lapsed = await self.s.auth.still_valid(self.user)
+            if lapsed:
+                # the token was good at the handshake; a logout, a revocation or its expiry since
+                # then closes the socket like a bad token would (the client refreshes or logs in)
+                log.info("websocket closed before a turn: %s", lapsed)
+                self.closed = True
+                await self.ws.close(code=4401, reason=lapsed)
+                return
             verdict = await ratelimit.hit_window(
                 self.s.redis, f"rl:ws:{self.user.user_id}", cfg.rate_ws_limit, cfg.rate_ws_window
             )

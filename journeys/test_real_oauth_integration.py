@@ -245,7 +245,7 @@ async def test_oauth_links_to_an_existing_password_account(
         assert await pg.auth.count("identities", "user_id = $1", before["id"]) == 1
 
 
-@pytest.mark.parametrize("case", ["deny", "tampered state", "reused code"])
+@pytest.mark.parametrize("case", ["deny", "tampered state", "reused code", "another browser's callback"])
 @journey(name="OAuth sign-in", priority="P0", mrr=150_000, components=COMPONENTS)
 async def test_oauth_refusals_open_no_session(
     case: str,
@@ -256,7 +256,8 @@ async def test_oauth_refusals_open_no_session(
     redis: Any,
     provider_name: str,
 ) -> None:
-    """Deny, a tampered state and a replayed code end on /login with a clear message and no session."""
+    """Deny, a tampered state, a replayed code and a callback opened in another browser (login
+    CSRF) end on /login with a clear message and no session."""
     frontend = urls["frontend_url"]
     email, name = unique_email(f"oauth-{case.split()[0]}"), "Mary Jackson"
     sessions_before = len(await redis.keys("auth:session:*"))
@@ -319,6 +320,34 @@ async def test_oauth_refusals_open_no_session(
             assert claims is not None, "the genuine callback stored no token"
             assert await sessions_of(redis, email=email) == [f"auth:session:{claims['sid']}"]
 
+    elif case == "another browser's callback":
+        async with step("The callback opened in another browser (login CSRF): error, no session"):
+            # an attacker consents with their own account and gets someone to open the callback link
+            callback = await consent_answer_url(consent, email, name)
+            victim = await new_context("victim")
+            await victim.page.goto(callback)
+            _, code, message = await expect_login_error(victim.page, frontend, provider_name)
+            assert code == "oauth_state", f"another browser's callback shows error code {code!r}"
+            assert "couldn't verify" in message.lower(), f"another browser's callback shows {message!r}"
+            assert await stored_claims(victim.page) is None, (
+                "a token was stored from another browser's callback"
+            )
+            assert await pg.auth.count("users", "email = $1", email) == 0, (
+                "an account was created from another browser's callback"
+            )
+
+        async with step("The refused callback spent the state: the browser that started it cannot finish"):
+            await page.goto(callback)
+            _, code, _ = await expect_login_error(page, frontend, provider_name)
+            assert code == "oauth_state", f"the spent state shows error code {code!r}"
+            assert not (await redis.key(f"auth:oauth_state:{pending_state}")).exists, (
+                "the state is still pending after its callback was refused"
+            )
+            assert await sessions_of(redis, email=email) == [], (
+                "a Redis session exists for the refused sign-in"
+            )
+            assert len(await redis.keys("auth:session:*")) == sessions_before, "a new Redis session appeared"
+
     else:
         async with step("Open the provider's callback: signed in once"):
             callback = await consent_answer_url(consent, email, name)
@@ -335,11 +364,14 @@ async def test_oauth_refusals_open_no_session(
             assert code in ("oauth_state", "oauth_failed"), f"a replayed callback shows error code {code!r}"
             assert await stored_claims(replay.page) is None, "the replayed callback stored a token"
 
-        async with step("Replay the used code under a fresh state: the provider refuses it"):
-            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
-                start = await client.get(f"{urls['auth_url']}/auth/oauth/{PROVIDER}/start")
-            assert start.status_code == 302, f"/auth/oauth/{PROVIDER}/start answered {start.status_code}"
-            fresh_state = state_of(start.headers["location"])
+        async with step(
+            "Replay the used code under a fresh state of the same browser: the provider refuses it"
+        ):
+            # the fresh sign-in starts in the replaying browser, so the auth service's browser binding
+            # holds and the code itself reaches the provider
+            await (await LoginPage(replay.page, frontend, provider_name).open()).continue_with_provider()
+            fresh_state = state_of(replay.page.url)
+            assert fresh_state, f"the provider's authorize URL carries no state: {replay.page.url}"
             await replay.page.goto(with_query(callback, state=fresh_state))
             _, code, message = await expect_login_error(replay.page, frontend, provider_name)
             assert code == "oauth_failed", f"a replayed code under a fresh state shows error code {code!r}"

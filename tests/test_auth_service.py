@@ -611,7 +611,19 @@ async def _oauth_authorize(
     client: httpx.AsyncClient, oidc: dict[str, str], *, email: str | None = None, decision: str = "allow"
 ) -> tuple[httpx.Response, str]:
     """Start at the auth service, answer the stand-in's consent form, return (callback response, callback URL)."""
+    callback = await _oauth_consent(client, oidc, email=email, decision=decision)
+    return await client.get(callback.removeprefix(AUTH_URL)), callback
+
+
+async def _oauth_consent(
+    client: httpx.AsyncClient, oidc: dict[str, str], *, email: str | None = None, decision: str = "allow"
+) -> str:
+    """Start at the auth service (its binding cookie lands in `client`), answer the stand-in's
+    consent form; -> the callback URL the provider redirects to."""
     start = await client.get("/auth/oauth/acme/start")
+    cookie = start.headers["set-cookie"]
+    assert "tl_oauth_binding=" in cookie and "HttpOnly" in cookie and "Path=/auth/oauth" in cookie, cookie
+    assert "samesite=lax" in cookie.lower(), cookie
     assert start.status_code == 302
     authorize_url = start.headers["location"]
     q = parse_qs(urlsplit(authorize_url).query)
@@ -632,7 +644,7 @@ async def _oauth_authorize(
     assert answer.status_code == 302
     callback = answer.headers["location"]
     assert callback.startswith(f"{AUTH_URL}/auth/oauth/acme/callback?")
-    return await client.get(callback.removeprefix(AUTH_URL)), callback
+    return str(callback)
 
 
 def _fragment(location: str) -> dict[str, str]:
@@ -666,6 +678,25 @@ async def test_oauth_code_flow_creates_user_then_logs_in_again(
 
     # password login is impossible for a password-less account
     assert (await login(client, address)).status_code == 401
+
+
+async def test_oauth_callback_from_another_browser_is_refused(
+    client: httpx.AsyncClient, oidc_standin: dict[str, str], rds: aioredis.Redis
+) -> None:
+    """Login CSRF: an attacker starts a sign-in, consents as themselves and sends the victim the
+    callback link. The victim's browser lacks the binding cookie: no session, nothing created."""
+    address = addr("csrf")
+    transport = httpx.ASGITransport(app=client.app)  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=transport, base_url=AUTH_URL) as attacker:
+        callback = await _oauth_consent(attacker, oidc_standin, email=address)
+        victim = await client.get(callback.removeprefix(AUTH_URL))
+        assert victim.status_code == 302
+        assert victim.headers["location"] == f"{FRONTEND}/login?error=oauth_state"
+        sessions = [k async for k in rds.scan_iter("auth:session:*") if await rds.hget(k, "email") == address]
+        assert sessions == [], "a session was opened for the attacker's account"
+        # the refused callback spent the state: not even the browser that started it can finish now
+        late = await attacker.get(callback.removeprefix(AUTH_URL))
+        assert late.headers["location"] == f"{FRONTEND}/login?error=oauth_state"
 
 
 async def test_oauth_links_existing_user_by_verified_email(

@@ -48,7 +48,7 @@ from .announce import Announcer, announcement_body
 from .db import apply_migrations, create_pool
 from .keys import SigningKey, TokenError
 from .mail import Mailer
-from .oidc import OIDCError, OIDCProvider, OIDCUser
+from .oidc import STATE_TTL, OIDCError, OIDCProvider, OIDCUser
 from .sessions import LoginLimiter, Sessions
 
 __all__ = ["create_app"]
@@ -399,16 +399,30 @@ async def providers(request: Request) -> list[dict[str, str]]:
     ]
 
 
+OAUTH_BINDING_COOKIE = "tl_oauth_binding"  # HttpOnly; ties a pending OAuth login to its browser
+
+
 @router.get("/auth/oauth/{provider}/start")
 async def oauth_start(provider: str, request: Request) -> RedirectResponse:
     ctx = _ctx(request)
     p = _provider(ctx, provider)
     try:
-        url = await p.start()
+        url, binding = await p.start()
     except OIDCError as exc:
         log.warning("oauth start failed: %s", exc.reason)
         return RedirectResponse(_frontend(ctx, "/login", error=exc.code), status_code=302)
-    return RedirectResponse(url, status_code=302)
+    response = RedirectResponse(url, status_code=302)
+    # Lax: sent on the provider's top-level redirect back to the callback, never on cross-site posts
+    response.set_cookie(
+        OAUTH_BINDING_COOKIE,
+        binding,
+        max_age=STATE_TTL,
+        path="/auth/oauth",
+        httponly=True,
+        samesite="lax",
+        secure=ctx.settings.auth_url.startswith("https://"),
+    )
+    return response
 
 
 @router.get("/auth/oauth/{provider}/callback")
@@ -425,18 +439,22 @@ async def oauth_callback(
                 "oauth_denied" if error == "access_denied" else "oauth_failed", f"provider said {error}"
             )
         pending = await p.take_state(state)
+        p.check_binding(pending, request.cookies.get(OAUTH_BINDING_COOKIE))
         if not code:
             raise OIDCError("oauth_failed", "callback without code")
         identity = await p.finish(code, pending)
         user = await _resolve_oauth_user(ctx, p.slug, identity)
     except OIDCError as exc:
         log.warning("oauth callback failed (%s): %s", exc.code, exc.reason)
+        # the binding cookie stays: a forged callback must not break the genuine one still to come
         return RedirectResponse(_frontend(ctx, "/login", error=exc.code), status_code=302)
     tokens = await _new_session(ctx, user)
     fragment = urlencode(
         {k: tokens[k] for k in ("access_token", "refresh_token", "expires_in", "token_type")}
     )
-    return RedirectResponse(f"{ctx.settings.frontend_url}/oauth/complete#{fragment}", status_code=302)
+    response = RedirectResponse(f"{ctx.settings.frontend_url}/oauth/complete#{fragment}", status_code=302)
+    response.delete_cookie(OAUTH_BINDING_COOKIE, path="/auth/oauth")  # spent with its state
+    return response
 
 
 async def _resolve_oauth_user(ctx: Ctx, provider: str, ident: OIDCUser) -> asyncpg.Record:

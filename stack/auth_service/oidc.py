@@ -6,11 +6,14 @@ iss, aud, exp, then the nonce). Discovery and JWKS are fetched lazily and cached
 JWKS is re-fetched once when a token names an unknown `kid` (key rotation).
 
 The pending login lives in Redis: `auth:oauth_state:{state}` -> JSON {verifier, nonce,
-provider, created}, TTL 10 min, consumed with GETDEL (single use).
+provider, created, binding}, TTL 10 min, consumed with GETDEL (single use). `binding` is the
+SHA-256 of a secret that only the browser which started the login holds (an HttpOnly cookie set
+by /start): a callback carrying someone else's state and code is refused (login CSRF).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -27,6 +30,12 @@ __all__ = ["OIDCError", "OIDCProvider", "OIDCUser"]
 
 log = logging.getLogger("auth.oidc")
 STATE_TTL = 600
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 DISCOVERY_TTL = 3600
 _ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 
@@ -125,19 +134,33 @@ class OIDCProvider:
     def state_key(state: str) -> str:
         return f"auth:oauth_state:{state}"
 
-    async def start(self) -> str:
-        """Remember a fresh state and return the provider's authorize URL."""
+    async def start(self) -> tuple[str, str]:
+        """Remember a fresh state; -> (the provider's authorize URL, the browser binding secret)."""
         meta = await self.discovery()
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)
         verifier = secrets.token_urlsafe(64)
-        pending = {"verifier": verifier, "nonce": nonce, "provider": self.slug, "created": time.time()}
+        binding = secrets.token_urlsafe(24)
+        pending = {
+            "verifier": verifier,
+            "nonce": nonce,
+            "provider": self.slug,
+            "created": time.time(),
+            "binding": _digest(binding),
+        }
         await self.redis.set(self.state_key(state), json.dumps(pending), ex=STATE_TTL)
         async with self._client(meta) as client:
             url, _ = client.create_authorization_url(
                 meta["authorization_endpoint"], state=state, nonce=nonce, code_verifier=verifier
             )
-        return url
+        return url, binding
+
+    @staticmethod
+    def check_binding(pending: dict[str, Any], binding: str | None) -> None:
+        """The callback must come from the browser that started the login -> else OIDCError('oauth_state')."""
+        expected = str(pending.get("binding") or "")
+        if not binding or not expected or not hmac.compare_digest(_digest(binding), expected):
+            raise OIDCError("oauth_state", "the sign-in was started in another browser")
 
     async def take_state(self, state: str) -> dict[str, Any]:
         """Consume a pending state (single use); unknown, reused or expired -> OIDCError('oauth_state')."""

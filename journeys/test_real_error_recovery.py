@@ -37,6 +37,8 @@ ASSISTANT_UNAVAILABLE = "The assistant is unavailable right now"
 STORAGE_UNAVAILABLE = "Storage is unavailable — your message could not be saved"
 ANALYTICS_UNAVAILABLE = "Storage is unavailable (analytics store) — your usage could not be loaded"
 CHAT_UNREACHABLE = "Chat service unreachable — reconnecting"
+INTERRUPTED_QUESTION = "Tell me a long story about the number forty two please"
+LOST_CONNECTION_NOTE = "Not answered — the connection was lost. Send it again."
 NOT_ANSWERED = "No reply — this message was not answered."
 
 
@@ -571,10 +573,12 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     """The backend is SIGKILLed while it streams the second reply of a conversation.
 
     Expected: the UI shows "Reconnecting…" and the banner says the chat service is unreachable,
-    Send is disabled; the interrupted turn writes nothing (turns persist only when complete); when
-    the backend is back the page reconnects by itself with the same token, `connection_established`
-    names the conversation (from Redis) and the log shows exactly the first turn; the next message
-    is answered in that conversation and the first turn is in PostgreSQL exactly once.
+    Send is disabled, the cut-off reply says it was interrupted and its message "Not answered — the
+    connection was lost"; the interrupted turn writes nothing (turns persist only when complete);
+    when the backend is back the page reconnects by itself with the same token,
+    `connection_established` names the conversation (from Redis) and the log shows the first turn
+    and, still marked, the unanswered message (nothing vanishes silently); the next message is
+    answered in that conversation and the first turn is in PostgreSQL exactly once.
     """
     needs_local_stack(stack)
     session = await open_chat(page, ws_recorder, urls, users, provider_name, "backendkill")
@@ -587,7 +591,7 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
         async with step("The backend crashes while the second reply streams"):
             # Slow the provider so the crash lands mid-stream, long before the turn could persist.
             await llm.set(latency_ms=1000)
-            sent = await send(session, "Tell me a long story about the number forty two please")
+            sent = await send(session, INTERRUPTED_QUESTION)
             interrupted_rid = sent.data["request_id"]
             await session.ws.wait_for("agent_stream", where={"request_id": interrupted_rid}, after=sent)
             backend.kill()
@@ -600,6 +604,16 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
                 chat.send_button, "Send stays enabled while the chat is unreachable"
             ).to_be_disabled()
             await llm.set(latency_ms=0)
+            lost = chat.message_items.filter(has_text=INTERRUPTED_QUESTION)
+            await expect(lost, "the cut-off message is not marked as failed").to_have_attribute(
+                "data-status", "failed"
+            )
+            await expect(lost).to_contain_text(LOST_CONNECTION_NOTE)
+            cut_reply = chat.assistant_items.last
+            await expect(cut_reply, "the cut-off reply is not marked").to_have_attribute(
+                "data-status", "failed"
+            )
+            await expect(cut_reply).to_contain_text("The reply was interrupted.")
 
         async with step("The interrupted turn wrote nothing"):
             await assert_nothing_written(pg, interrupted_rid, "backend crash mid-reply")
@@ -615,14 +629,20 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
         )
         assert session.ws.reconnects >= 1, "the page never opened a new WebSocket"
         await expect(
-            chat.message_items, "the restored conversation is not exactly the first turn"
-        ).to_have_count(2)
+            chat.message_items,
+            "the restored conversation is not the first turn plus the cut-off message, marked",
+        ).to_have_count(3)
         messages = await chat.messages()
-        assert [m.role for m in messages] == ["user", "assistant"]
+        assert [(m.role, m.status) for m in messages][1:] == [
+            ("assistant", "complete"),
+            ("user", "failed"),
+        ], f"the restored conversation is {messages}"
         assert messages[0].text == "Remember that my favourite number is forty two"
         assert messages[1].text == first.text, (
             "the restored reply differs from the one streamed before the crash"
         )
+        assert messages[2].text == INTERRUPTED_QUESTION, "the cut-off message vanished after the restore"
+        await expect(chat.message_items.last).to_contain_text(LOST_CONNECTION_NOTE)
         await session.dashboard.wait_for_no_error_banner()
         await assert_same_session(session)
 

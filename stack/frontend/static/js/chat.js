@@ -19,6 +19,7 @@ export const FRAME_ERRORS = Object.freeze({
   internal: "Something went wrong in the chat service. Please try again.",
 });
 const CHAT_UNREACHABLE = "Chat service unreachable — reconnecting…";
+const LOST_CONNECTION = "Not answered — the connection was lost. Send it again.";
 
 export function agentLabel(agent) {
   return `${agent || "assistant"} agent`;
@@ -37,6 +38,9 @@ export class ChatPanel {
     // turn completes; messages typed meanwhile wait for it instead of naming an unknown thread.
     this.provisional = null; // {threadId, requestId}
     this.queue = []; // [{text, requestId, el}]
+    // Messages whose turn a lost connection cut off: shown again, marked, after the reconnect restores
+    // the conversation (which holds only completed turns), so that nothing vanishes silently.
+    this.unanswered = []; // [{text, requestId, threadId}]
     this.rateTimer = null;
     this.loadSeq = 0;
     this.element = this.render();
@@ -128,6 +132,7 @@ export class ChatPanel {
     this.statusEl.dataset.state = status;
     this.statusEl.querySelector(".conn-text").textContent = STATUS_TEXT[status] || status;
     this.sendButton.disabled = status !== "connected";
+    if (status !== "connected" && this.connection?.hasConnected) this.interruptInFlight();
     if (status === "connected") this.banner.clear("connection");
     else if (status === "reconnecting" && (this.connection?.hasConnected || detail.attempt > 1) && !detail.reason)
       this.banner.set("connection", CHAT_UNREACHABLE);
@@ -216,7 +221,9 @@ export class ChatPanel {
       if (m.role === "assistant") this.addAssistant({ agent: m.agent, text: m.content, status: "complete", id: m.id });
       else this.addUser(m.content, m.request_id, m.id);
     }
-    this.emptyState.hidden = messages.length > 0;
+    this.pendingByRequest.clear(); // stored turns are complete: nothing listed here awaits a reply
+    this.showUnanswered(id, new Set(messages.map((m) => m.request_id).filter(Boolean)));
+    this.emptyState.hidden = this.messageList.children.length > 0;
     this.scrollToEnd();
   }
 
@@ -226,7 +233,10 @@ export class ChatPanel {
     const id = serverActiveThreadId || appState.activeThreadId || remembered || null;
     await this.refreshThreads();
     if (id) await this.openThread(id);
-    else this.setActiveThread(null);
+    else {
+      this.setActiveThread(null);
+      this.showUnanswered(null, new Set()); // a new chat's first message, cut off before it was stored
+    }
   }
 
   // ---------------------------------------------------------------- messages
@@ -308,6 +318,34 @@ export class ChatPanel {
       },
     };
     return view;
+  }
+
+  /** The socket closed: replies still streaming are cut off and their messages go unanswered. */
+  interruptInFlight() {
+    for (const [runId, view] of this.runs) {
+      if (view && view.el.dataset.status === "streaming") view.fail("The reply was interrupted.");
+      this.runs.delete(runId);
+    }
+    for (const [requestId, el] of [...this.pendingByRequest]) {
+      if (el.dataset.status !== "sent") continue; // queued ones are sent (or refused) later
+      const text = el.querySelector('[data-testid="message-text"]')?.textContent || "";
+      this.unanswered.push({ text, requestId, threadId: appState.activeThreadId });
+      this.markUserFailed(requestId, LOST_CONNECTION);
+    }
+    this.showActivity(null);
+  }
+
+  /** After a restore: show again the cut-off messages of this conversation the server never stored. */
+  showUnanswered(threadId, storedRequestIds) {
+    const keep = [];
+    for (const item of this.unanswered) {
+      if (item.threadId && item.threadId !== threadId) keep.push(item);
+      else if (!storedRequestIds.has(item.requestId)) {
+        this.addUser(item.text, item.requestId);
+        this.markUserFailed(item.requestId, LOST_CONNECTION);
+      }
+    }
+    this.unanswered = keep;
   }
 
   markUserFailed(requestId, note) {

@@ -13,11 +13,14 @@ without a trailing slash. Services read what they need and ignore the rest.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
+from typing import TypeVar
 
-__all__ = ["Settings", "env_decimal", "env_float", "env_int", "env_str"]
+__all__ = ["Settings", "env_int", "env_str"]
+
+T = TypeVar("T")
 
 
 def env_str(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -26,37 +29,20 @@ def env_str(env: Mapping[str, str], name: str, default: str = "") -> str:
     return value if value else default
 
 
+def _parsed(env: Mapping[str, str], name: str, default: T, convert: Callable[[str], T], kind: str) -> T:
+    """`convert(env[name])`, or `default` when unset or blank; a bad value raises ValueError naming it."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return convert(raw)
+    except (ValueError, InvalidOperation):
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     """`env[name]` as an int, or `default` when unset; a non-integer value raises ValueError naming it."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    """`env[name]` as a float, or `default` when unset; a non-number raises ValueError naming it."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-def env_decimal(env: Mapping[str, str], name: str, default: Decimal) -> Decimal:
-    """`env[name]` as an exact Decimal (prices), or `default` when unset."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return Decimal(raw)
-    except InvalidOperation:
-        raise ValueError(f"{name} must be a decimal number, got {raw!r}") from None
+    return _parsed(env, name, default, int, "an integer")
 
 
 def _url(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -109,9 +95,9 @@ class Settings:
             name = "TL_" + f.name.upper()
             default = f.default
             if isinstance(default, float):
-                values[f.name] = env_float(env, name, default)
-            elif isinstance(default, Decimal):
-                values[f.name] = env_decimal(env, name, default)
+                values[f.name] = _parsed(env, name, default, float, "a number")
+            elif isinstance(default, Decimal):  # exact: prices never pass through a float
+                values[f.name] = _parsed(env, name, default, Decimal, "a decimal number")
             elif isinstance(default, int):
                 values[f.name] = env_int(env, name, default)
             elif f.name.endswith("_url") or f.name == "oidc_issuer":

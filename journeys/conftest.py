@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from harness.stack import Stack
@@ -37,6 +38,20 @@ class TestUser:
     @property
     def access_token(self) -> str:
         return str(self.tokens["access_token"])
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    """The claims of a token, unverified (a journey only reads what the browser already holds)."""
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+async def stored_tokens(page: Any) -> dict[str, str | None]:
+    """The tokens the frontend keeps in localStorage: {"access": ..., "refresh": ...} (None when absent)."""
+    return dict(
+        await page.evaluate(
+            "() => ({access: localStorage.getItem('tl.access_token'), refresh: localStorage.getItem('tl.refresh_token')})"
+        )
+    )
 
 
 def unique_email(tag: str = "user") -> str:

@@ -18,7 +18,7 @@ from harness.journey import journey
 from harness.plugin_browser import BrowserUser, NewContext
 from harness.steps import step
 from harness.ws_recorder import WsRecorder
-from journeys.conftest import LLMControl, TestUser, UserFactory
+from journeys.conftest import LLMControl, TestUser, UserFactory, stored_tokens
 from pages import DashboardPage, LoginPage
 
 COMPONENTS = ["frontend", "auth", "backend", "websocket", "agent", "postgres", "clickhouse", "redis"]
@@ -102,7 +102,7 @@ async def test_concurrent_users_see_only_their_own_conversations(
             async with gate:  # the password check is the argon2 part
                 dashboard = await login.login(user.email, user.password)
             # The API checks below use the very session the UI logged in with.
-            token = await browser.page.evaluate("localStorage.getItem('tl.access_token')")
+            token = (await stored_tokens(browser.page))["access"]
             assert token, f"{user.email}'s browser kept no access token after logging in"
             user.tokens = {"access_token": token}
             return dashboard

@@ -10,8 +10,6 @@ these find the stack as it was.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from harness.journey import journey
 from harness.stack import Service, Stack
 from harness.steps import step
 from harness.ws_recorder import Frame, WsRecorder
-from journeys.conftest import LLMControl, TestUser, UserFactory, login_through_ui
+from journeys.conftest import LLMControl, TestUser, UserFactory, claims_of, login_through_ui, stored_tokens
 from pages import DashboardPage
 from pages.chat import REPLY_TIMEOUT_S
 
@@ -72,20 +70,15 @@ class Turn:
     text: str
 
 
-def _jwt_claims(token: str) -> dict[str, Any]:
-    payload = token.split(".")[1]
-    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
-
-
 async def open_chat(
     page: Page, ws: WsRecorder, urls: dict[str, str], users: UserFactory, provider_name: str, tag: str
 ) -> ChatSession:
     """A fresh verified user logs in through the UI; remembers the session's token and `sid`."""
     user = await users.verified(tag)
     dashboard = await login_through_ui(page, urls, user, provider_name)
-    token = await page.evaluate("localStorage.getItem('tl.access_token')")
+    token = (await stored_tokens(page))["access"]
     assert token, "no access token in localStorage after logging in"
-    session = ChatSession(user, page, ws, dashboard, token, str(_jwt_claims(token)["sid"]))
+    session = ChatSession(user, page, ws, dashboard, token, str(claims_of(token)["sid"]))
 
     def on_navigated(frame: Any) -> None:
         if frame == page.main_frame and "/login" in frame.url:
@@ -102,7 +95,7 @@ async def assert_same_session(session: ChatSession) -> None:
     assert session.page.url.split("?")[0].endswith("/dashboard"), (
         f"the person is no longer on the dashboard but on {session.page.url}"
     )
-    token = await session.page.evaluate("localStorage.getItem('tl.access_token')")
+    token = (await stored_tokens(session.page))["access"]
     # The same token, not even a refresh: a refresh would mean some service wrongly answered 401
     # (or closed with 4401) because a store was down, treating an outage as a bad session.
     assert token == session.access_token, "the access token in localStorage changed during the outage"

@@ -12,14 +12,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
-import jwt
 import pytest
 
 from db_probes import eventually
 from harness.journey import journey
 from harness.plugin_browser import NewContext
 from harness.steps import step
-from journeys.conftest import UserFactory, unique_email
+from journeys.conftest import UserFactory, claims_of, stored_tokens, unique_email
 from pages import DashboardPage, LoginPage, OAuthConsentPage
 
 COMPONENTS = ["frontend", "auth", "oauth", "backend", "postgres", "redis"]
@@ -29,10 +28,8 @@ PROVIDER = os.environ.get("THROUGHLINE_STACK_OIDC_PROVIDER", "acme")
 # ------------------------------------------------------------------------------------ helpers
 async def stored_claims(page: Any) -> dict[str, Any] | None:
     """Claims of the access token the browser keeps (None when it keeps none)."""
-    token = await page.evaluate("localStorage.getItem('tl.access_token')")
-    if not token:
-        return None
-    return dict(jwt.decode(token, options={"verify_signature": False}))
+    token = (await stored_tokens(page))["access"]
+    return claims_of(token) if token else None
 
 
 async def sessions_of(redis: Any, *, user_id: str | None = None, email: str | None = None) -> list[str]:

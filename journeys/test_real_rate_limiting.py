@@ -26,7 +26,7 @@ from harness.journey import journey
 from harness.stack import PLATFORM_DEFAULTS
 from harness.steps import step
 from harness.ws_recorder import WsRecorder
-from journeys.conftest import LLMControl, TestUser, UserFactory, login_through_ui
+from journeys.conftest import LLMControl, TestUser, UserFactory, login_through_ui, stored_tokens
 from pages import DEFAULT_TIMEOUT_S, DashboardPage, LoginPage
 
 COMPONENTS = ["frontend", "auth", "backend", "websocket", "redis", "clickhouse", "agent", "llm"]
@@ -442,7 +442,7 @@ async def test_failed_logins_lock_one_email_for_its_window(
         message = await login.login_expecting_error(erin.email, erin.password)
         assert message.startswith("Too many attempts. Try again in"), f"the locked login shows {message!r}"
         assert await login.error_code() == "429", f"the alert's code is {await login.error_code()!r}"
-        assert await page.evaluate("localStorage.getItem('tl.access_token')") is None
+        assert (await stored_tokens(page))["access"] is None
 
     async with step("Another email logs in at the same moment"):
         dashboard = await login.login(frank.email, frank.password)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
-
 from db_probes import eventually
 from harness.journey import journey
 from harness.stack import Stack
 from harness.steps import step
-from journeys.conftest import UserFactory, login_through_ui
+from journeys.conftest import UserFactory, claims_of, login_through_ui, stored_tokens
 from pages import DashboardPage, LoginPage
 
 COMPONENTS = ["frontend", "backend", "websocket", "redis", "postgres", "agent", "llm"]
@@ -188,8 +186,9 @@ async def test_session_survives_reload_backend_restart_and_logout(
         )
 
     async with step("Log out through the UI: the Redis session is gone, a reload lands on /login"):
-        access = await page.evaluate("() => localStorage.getItem('tl.access_token')")
-        sid = jwt.decode(access, options={"verify_signature": False})["sid"]
+        access = (await stored_tokens(page))["access"]
+        assert access, "no access token in localStorage on the dashboard"
+        sid = claims_of(access)["sid"]
         assert (await redis.key(f"auth:session:{sid}")).exists, "no auth:session for the browser's session"
         login = await dashboard.logout()
         assert not (await redis.key(f"auth:session:{sid}")).exists, (

@@ -9,7 +9,7 @@ import pytest
 from db_probes import eventually
 from harness.journey import journey
 from harness.steps import step
-from journeys.conftest import PASSWORD, UserFactory, unique_email
+from journeys.conftest import PASSWORD, UserFactory, stored_tokens, unique_email
 from pages import Inbox, LoginPage, SignupPage
 
 COMPONENTS = [
@@ -152,11 +152,11 @@ async def test_signup_and_login_failure_paths(
             message = await login.login_expecting_error(user.email, "not-the-password-1")
             assert "wrong email or password" in message.lower(), f"wrong password shows {message!r}"
         async with step("No token was stored in the browser"):
-            assert await page.evaluate("localStorage.getItem('tl.access_token')") is None
+            assert (await stored_tokens(page))["access"] is None
     else:
         user = await users.signup("unverified")
         async with step("Log in before verifying the email"):
             login = await LoginPage(page, frontend, provider_name).open()
             message = await login.login_expecting_error(user.email, user.password)
             assert "verify your email" in message.lower(), f"unverified login shows {message!r}"
-            assert await page.evaluate("localStorage.getItem('tl.access_token')") is None
+            assert (await stored_tokens(page))["access"] is None

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from harness.journey import journey
 from harness.stack import Stack
 from harness.steps import step
-from journeys.conftest import UserFactory, login_through_ui
+from journeys.conftest import UserFactory, claims_of, login_through_ui, stored_tokens
 from pages import DashboardPage, LoginPage
 
 COMPONENTS = ["frontend", "auth", "backend", "websocket", "redis"]
@@ -98,11 +98,6 @@ async def assert_accepted(ws_url: str, token: str, user_id: str, what: str) -> d
 
 
 # -- tokens ------------------------------------------------------------------------------------------
-def claims_of(token: str) -> dict[str, Any]:
-    """The claims of a token, unverified (the journey only reads what the browser already holds)."""
-    return dict(jwt.decode(token, options={"verify_signature": False}))
-
-
 def flip_signature_byte(token: str) -> str:
     """The same token with one byte of its RS256 signature flipped: header and claims untouched."""
     header, payload, signature = token.split(".")
@@ -136,14 +131,6 @@ def unknown_refresh_token() -> str:
     return f"{uuid.uuid4().hex}.{secrets.token_urlsafe(32)}"
 
 
-async def local_tokens(page: Any) -> dict[str, str | None]:
-    return dict(
-        await page.evaluate(
-            "() => ({access: localStorage.getItem('tl.access_token'), refresh: localStorage.getItem('tl.refresh_token')})"
-        )
-    )
-
-
 # -- journeys ----------------------------------------------------------------------------------------
 @journey(name="WebSocket auth handshake", priority="P0", mrr=50_000, components=COMPONENTS)
 async def test_login_token_opens_socket_and_refresh_rotates(
@@ -170,7 +157,7 @@ async def test_login_token_opens_socket_and_refresh_rotates(
             "the socket greets a different user than the one who logged in"
         )
         socket_url = ws_recorder.connections[0].url
-        browser_tokens = await local_tokens(page)
+        browser_tokens = await stored_tokens(page)
         assert browser_tokens["access"], "no access token kept in localStorage after login"
         assert browser_tokens["access"] not in socket_url and "token" not in socket_url.lower(), (
             "the access token travels in the WebSocket URL (it would land in server logs)"
@@ -243,7 +230,7 @@ async def test_login_token_opens_socket_and_refresh_rotates(
         assert "/dashboard" in page.url, (
             f"the UI left the dashboard ({page.url}) although the refresh token was valid"
         )
-        after = await local_tokens(page)
+        after = await stored_tokens(page)
         assert after["access"] and after["access"] != expired, "the expired access token was not replaced"
         assert after["refresh"] != browser_tokens["refresh"], "the refresh token was not rotated"
         assert claims_of(str(after["access"]))["sid"] == browser_sid, "renewal started a new session"
@@ -319,7 +306,7 @@ async def test_socket_refuses_bad_tokens(
         assert closed.close_code == UNAUTHORIZED
         received = ws_recorder.frames(direction="received")
         assert not received, f"the browser received frames on a refused socket: {[f.type for f in received]}"
-        left = await local_tokens(page)
+        left = await stored_tokens(page)
         assert left == {"access": None, "refresh": None}, "the bad tokens are still kept in localStorage"
 
     async with step("Stores: the refusal ended no live session, the logout's stays gone"):
@@ -351,7 +338,7 @@ async def test_logout_elsewhere_closes_the_open_socket(
     async with step("Log in through the UI: the chat is connected"):
         dashboard = await login_through_ui(page, urls, user, provider_name)
         await ws_recorder.wait_for("connection_established")
-        access = str((await local_tokens(page))["access"])
+        access = str((await stored_tokens(page))["access"])
         sid = claims_of(access)["sid"]
 
     async with step("The session is ended elsewhere (POST /auth/logout with the same token)"):
@@ -385,7 +372,7 @@ async def test_logout_elsewhere_closes_the_open_socket(
         assert await login.error_code() == "session_expired", (
             f"the login page shows {await login.error_message()!r} instead of the 'session expired' message"
         )
-        assert await local_tokens(page) == {"access": None, "refresh": None}, (
+        assert await stored_tokens(page) == {"access": None, "refresh": None}, (
             "tokens are still in localStorage"
         )
 

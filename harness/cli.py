@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,9 +12,12 @@ import sys
 import threading
 from pathlib import Path
 
+from harness.declaration import DeclarationError
 from harness.process import ServiceStartError
 from harness.stack import (
     Stack,
+    declaration_of,
+    export_env,
     iter_env_lines,
     load_state,
     parse_only,
@@ -23,28 +25,49 @@ from harness.stack import (
     state_file,
     stop_detached,
 )
+from harness.target import Target, TargetError, load_target, selected_target_name
 
 
-def _print_urls(stack: Stack) -> None:
-    people = [
-        ("Frontend (open this)", "frontend_url"),
-        ("Auth", "auth_url"),
-        ("Backend", "backend_url"),
-        ("WebSocket", "ws_url"),
-        ("Mail sink", "smtp_sink_url"),
-        ("OIDC provider", "oidc_url"),
-        ("LLM stand-in", "llm_url"),
-        ("ClickHouse", "clickhouse_url"),
-        ("Redis", "redis_url"),
-        ("PostgreSQL auth", "auth_dsn"),
-        ("PostgreSQL backend", "backend_dsn"),
-    ]
-    for label, key in people:
-        if key in stack.urls:
-            print(f"  {label:<22} {stack.urls[key]}")
+def _print_urls(urls: dict[str, str]) -> None:
+    """Every address the target exports, in its declaration's order."""
+    width = max((len(key) for key in urls), default=0) + 2
+    for key, value in urls.items():
+        print(f"  {key:<{width}} {value}")
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    """The --target (or THROUGHLINE_TARGET) target; None after printing why it cannot be used."""
+    try:
+        target = load_target(getattr(args, "target", None))
+        declaration_of(target)  # a bad services.toml fails here, before anything starts
+    except (TargetError, DeclarationError) as exc:
+        print(f"throughline: {exc}", file=sys.stderr)
+        return None
+    return target
+
+
+def _mismatch(state: dict[str, object], target: Target | None) -> bool:
+    """True (after saying so) when the detached stack runs another target than --target."""
+    if target is not None and state.get("target", target.name) != target.name:
+        print(
+            f"the stack that is up runs target '{state.get('target')}', not '{target.name}'", file=sys.stderr
+        )
+        return True
+    return False
 
 
 def cmd_stack_up(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if target is None:
+        return 2
+    declaration = declaration_of(target)
+    if declaration is None:
+        print(
+            f"throughline: target '{target.name}' runs elsewhere; there is nothing to start "
+            "(its addresses come from the variables its target.toml [external] table names)",
+            file=sys.stderr,
+        )
+        return 2
     existing = load_state()
     services: dict[str, dict[str, object]] = existing["services"] if existing else {}  # type: ignore[assignment]
     if any(pid_alive(int(str(s["pid"]))) for s in services.values()):
@@ -54,12 +77,14 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        only = parse_only(args.only)
+        only = parse_only(args.only, declaration)
     except ValueError as exc:
         print(f"throughline: {exc}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir).resolve() if args.run_dir else None
-    stack = Stack(only=only, run_dir=run_dir, die_with_parent=not args.detach, keep_run_dir=args.detach)
+    stack = Stack.for_target(
+        target, only=only, run_dir=run_dir, die_with_parent=not args.detach, keep_run_dir=args.detach
+    )
     stopping = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:
@@ -75,10 +100,10 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stack.stop()
         return 130
-    print(f"stack healthy in {stack.timings['total']:.2f} s (run dir {stack.run_dir})")
+    print(f"{target.title}: stack healthy in {stack.timings['total']:.2f} s (run dir {stack.run_dir})")
     for name in stack.services:
         print(f"  {name:<11} ready in {stack.timings.get(name, 0):.2f} s")
-    _print_urls(stack)
+    _print_urls(stack.urls)
     if args.detach:
         stack._owns_run_dir = True  # `down` removes it
         path = stack.save_state()
@@ -101,10 +126,15 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_down(args: argparse.Namespace) -> int:
+    target = _target(args) if args.target else None
+    if args.target and target is None:
+        return 2
     state = load_state()
     if state is None:
         print(f"no stack is up (no state file at {state_file()})")
         return 0
+    if _mismatch(state, target):
+        return 1
     killed = stop_detached(state)
     state_file().unlink(missing_ok=True)
     print("stack down" + (f" (had to SIGKILL: {', '.join(killed)})" if killed else ""))
@@ -112,9 +142,14 @@ def cmd_stack_down(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_status(args: argparse.Namespace) -> int:
+    target = _target(args) if args.target else None
+    if args.target and target is None:
+        return 2
     state = load_state()
     if state is None:
         print("no stack is up")
+        return 1
+    if _mismatch(state, target):
         return 1
     services: dict[str, dict[str, object]] = state["services"]  # type: ignore[assignment]
     all_up = True
@@ -128,33 +163,45 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_env(args: argparse.Namespace) -> int:
+    target = _target(args) if args.target else None
+    if args.target and target is None:
+        return 2
     state = load_state()
     if state is None:
         print("no stack is up; `throughline stack up --detach` first", file=sys.stderr)
         return 1
-    stack = Stack(urls=state["urls"])  # type: ignore[arg-type]
-    for line in iter_env_lines(stack.env()):
+    if _mismatch(state, target):
+        return 1
+    for line in iter_env_lines(export_env(state["urls"])):  # type: ignore[arg-type]
         print(line)
     return 0
 
 
-def doctor_checks() -> list[tuple[str, bool, str]]:
-    """(what, ok, detail-or-fix) for everything a run needs."""
-    from harness.services.postgres import find_bin_dir
-
+def doctor_checks(target: Target | None = None) -> list[tuple[str, bool, str]]:
+    """(what, ok, detail-or-fix) for everything a run of `target` needs (default: the reference platform)."""
+    target = target or load_target(selected_target_name(None))
     checks: list[tuple[str, bool, str]] = []
-    try:
-        checks.append(("PostgreSQL server", True, str(find_bin_dir())))
-    except ServiceStartError as exc:
-        checks.append(("PostgreSQL server", False, exc.hint))
-    redis = shutil.which("redis-server")
-    checks.append(("redis-server", bool(redis), redis or "apt-get install redis-server"))
+    declaration = declaration_of(target)
+    for svc in declaration.services.values() if declaration else ():
+        if svc.block is not None:
+            checks += svc.block.doctor()
+        elif svc.command[0] != "{python}":
+            program = shutil.which(svc.command[0]) if "{" not in svc.command[0] else None
+            checks.append((f"{svc.name}: {svc.command[0]}", bool(program), program or "not found on PATH"))
+        elif svc.command[1:2] == ("-m",):
+            module = svc.command[2]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ImportError:
+                found = False
+            checks.append(
+                (f"{svc.name}: python -m {module}", found, "importable" if found else "not importable")
+            )
+    # What every run needs besides the target's services: the browser and the probes' clients.
     for module, fix in (
-        ("chdb", "pip install chdb"),
-        ("clickhouse_connect", "pip install clickhouse-connect"),
         ("playwright", "pip install playwright"),
         ("asyncpg", "pip install asyncpg"),
-        ("fastapi", "pip install fastapi"),
+        ("clickhouse_connect", "pip install clickhouse-connect"),
     ):
         found = importlib.util.find_spec(module) is not None
         checks.append((f"python: {module}", found, "installed" if found else fix))
@@ -165,20 +212,16 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         checks.append(("Chromium", True, where))
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
         checks.append(("Chromium", False, f"{exc} (apt-get install chromium, or set THROUGHLINE_CHROMIUM)"))
-    if os.geteuid() == 0:
-        from harness.process import unprivileged_user
-
-        try:
-            user = unprivileged_user()
-            checks.append(("unprivileged user for PostgreSQL", True, user.pw_name if user else "-"))
-        except RuntimeError as exc:
-            checks.append(("unprivileged user for PostgreSQL", False, str(exc)))
-    return checks
+    return list({what: (what, ok, detail) for what, ok, detail in checks}.values())
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if target is None:
+        return 2
+    print(f"target {target.title} ({target.folder})")
     ok_all = True
-    for what, ok, detail in doctor_checks():
+    for what, ok, detail in doctor_checks(target):
         ok_all &= ok
         print(f"  {'ok     ' if ok else 'MISSING'} {what:<34} {detail}")
     print("everything is in place" if ok_all else "something is missing: `make e2e` installs it")
@@ -187,6 +230,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     argv = [sys.executable, "-m", "pytest", "journeys"]
+    if args.target:
+        if _target(args) is None:
+            return 2
+        argv += ["--target", args.target]
     if args.headed:
         argv.append("--headed")
     if args.slowmo:
@@ -199,22 +246,27 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="throughline", description=__doc__)
+    target_help = (
+        "the platform: a target name (targets/<name>) or folder; env THROUGHLINE_TARGET; default reference"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    stack = sub.add_parser("stack", help="start, inspect and stop the reference platform")
+    stack = sub.add_parser("stack", help="start, inspect and stop a target's platform")
     stack_sub = stack.add_subparsers(dest="action", required=True)
     up = stack_sub.add_parser("up", help="start the stack (until Ctrl-C, or --detach)")
     up.add_argument("--detach", action="store_true", help="leave it running and return")
     up.add_argument("--only", default="all", help="infra, externals, or a comma list of services")
     up.add_argument("--run-dir", help="keep data and logs here instead of a temp dir")
-    stack_sub.add_parser("down", help="stop a detached stack")
+    down = stack_sub.add_parser("down", help="stop a detached stack")
     status = stack_sub.add_parser("status", help="is each service of the detached stack alive")
     status.add_argument("--json", action="store_true")
-    stack_sub.add_parser("env", help="print export lines for the detached stack")
-    sub.add_parser("doctor", help="what is installed, what is missing, how to get it")
+    env = stack_sub.add_parser("env", help="print export lines for the detached stack")
+    doctor = sub.add_parser("doctor", help="what is installed, what is missing, how to get it")
     run = sub.add_parser("run", help="run the journeys (extra args go to pytest)")
     run.add_argument("--headed", action="store_true")
     run.add_argument("--slowmo", type=int, default=0)
     run.add_argument("-k", default=None)
+    for command in (up, down, status, env, doctor, run):
+        command.add_argument("--target", default=None, help=target_help)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return cmd_run(args, extra)

@@ -16,11 +16,22 @@ from typing import Any
 import pytest
 
 from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
-from harness.stack import ALL, ServiceNotControllable, Stack, parse_only
+from harness.capabilities import NotApplicable, mark_not_applicable, not_applicable_reason
+from harness.declaration import DeclarationError
+from harness.stack import ServiceNotControllable, Stack, declaration_of, parse_only
+from harness.target import Target, TargetError, load_target
+
+TARGET_KEY = pytest.StashKey[Target]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("throughline", "Throughline stack")
+    group.addoption(
+        "--target",
+        default=None,
+        help="the platform under test: a target name (targets/<name>) or a target folder; "
+        "env THROUGHLINE_TARGET; default: reference",
+    )
     group.addoption(
         "--stack-only",
         default=os.environ.get("THROUGHLINE_STACK_ONLY", "all"),
@@ -35,6 +46,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        target = load_target(config.getoption("--target", None))
+        declaration_of(target)  # a bad services.toml fails here, before anything starts
+    except (TargetError, DeclarationError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[TARGET_KEY] = target
+
     # SIGTERM (CI cancelling a job) becomes an interrupt, so session fixtures tear the stack down.
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"received signal {signum}")
@@ -48,25 +66,45 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """A fault journey against an external stack is skipped with the reason, not failed."""
+    """A test that finds the target cannot do what it checks ends "not applicable", not failed."""
     outcome = yield
-    if call.excinfo is not None and call.excinfo.errisinstance(ServiceNotControllable):
-        report = outcome.get_result()
-        report.outcome = "skipped"
-        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
+    if call.excinfo is None:
+        return
+    error = call.excinfo.value
+    if isinstance(error, NotApplicable):
+        reason = error.reason
+    elif isinstance(error, ServiceNotControllable):
+        reason = not_applicable_reason(selected_target(item.config).name, ["service_control"], str(error))
+    else:
+        return
+    mark_not_applicable(outcome.get_result(), (str(item.path), (item.location[1] or 0) + 1), reason)
+
+
+def selected_target(config: pytest.Config) -> Target:
+    """The target this session runs against (validated at configure time)."""
+    return config.stash[TARGET_KEY]
 
 
 @pytest.fixture(scope="session")
-def stack_services(pytestconfig: pytest.Config) -> tuple[str, ...]:
-    """Names of the services the local stack starts; override to trim the world for a test module."""
-    return parse_only(pytestconfig.getoption("--stack-only"))
+def target(pytestconfig: pytest.Config) -> Target:
+    """The platform under test: its name, version, capabilities, defects and adapters."""
+    return selected_target(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def stack(pytestconfig: pytest.Config, stack_services: tuple[str, ...]) -> Iterator[Stack]:
-    """The running platform (local, started here; or external, from THROUGHLINE_* variables)."""
-    world = Stack.from_environment(
-        only=stack_services or ALL, keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir"))
+def stack_services(pytestconfig: pytest.Config, target: Target) -> tuple[str, ...]:
+    """Names of the services the local stack starts (depends_on is added); override to trim the world."""
+    declaration = declaration_of(target)
+    if declaration is None:  # external: nothing is started
+        return ()
+    return parse_only(pytestconfig.getoption("--stack-only"), declaration)
+
+
+@pytest.fixture(scope="session")
+def stack(pytestconfig: pytest.Config, target: Target, stack_services: tuple[str, ...]) -> Iterator[Stack]:
+    """The running platform of the target (started here from its services.toml; or external, from its variables)."""
+    world = Stack.for_target(
+        target, only=stack_services or None, keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir"))
     )
     world.start()
     _register_report_providers(world)

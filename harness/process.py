@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import pwd
+import re
 import shlex
 import signal
 import socket
@@ -28,9 +29,13 @@ __all__ = [
     "ManagedProcess",
     "ProcessSpec",
     "ServiceStartError",
+    "ReadyCheck",
     "free_port",
+    "http_ready",
     "is_port_free",
+    "log_ready",
     "tail",
+    "tcp_ready",
     "unprivileged_user",
 ]
 
@@ -169,6 +174,7 @@ class ManagedProcess:
         self.pid: int | None = None
         self.started_at: float | None = None
         self.ready_seconds: float | None = None
+        self.log_offset = 0  # where the current start's output begins in log_file (log readiness)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -189,6 +195,7 @@ class ManagedProcess:
         with open(self.log_file, "ab") as log:
             log.write(f"--- {time.strftime('%H:%M:%S')} starting {shlex.join(spec.argv)}\n".encode())
             log.flush()
+            self.log_offset = log.tell()
             try:
                 self.proc = subprocess.Popen(
                     spec.argv,
@@ -300,11 +307,12 @@ class ManagedProcess:
     def restart(self, timeout: float | None = None) -> float:
         """Stop (gracefully) then start again on the same port; returns seconds until ready."""
         self.stop()
-        self._wait_port_released()
+        self.wait_port_released()
         self.start()
         return self.wait_ready(timeout)
 
-    def _wait_port_released(self, timeout: float = 10.0) -> None:
+    def wait_port_released(self, timeout: float = 10.0) -> None:
+        """Block until the service's port can be bound again (after a stop or a kill)."""
         port = self.spec.port
         if port is None:
             return
@@ -359,5 +367,20 @@ def http_ready(url: str, expect_status: int = 200) -> ReadyCheck:
             return False
         finally:
             conn.close()
+
+    return check
+
+
+def log_ready(process: ManagedProcess, pattern: str) -> ReadyCheck:
+    """A probe that passes when the output of the process's current start matches `pattern`."""
+    regex = re.compile(pattern)
+
+    def check() -> bool:
+        try:
+            with open(process.log_file, "rb") as fh:
+                fh.seek(process.log_offset)
+                return regex.search(fh.read().decode("utf-8", "replace")) is not None
+        except OSError:
+            return False
 
     return check

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from harness.process import ProcessSpec, ServiceStartError, unprivileged_user
+from harness.process import ProcessSpec, ReadyCheck, ServiceStartError, unprivileged_user
+from harness.services.blocks import Block, BlockRun, Check, OptionError, python_module_checks
 
 DATABASES = ("auth", "backend")
 SUPERUSER = "tl"
+# The reference platform's databases, owned by the superuser: what callers without a declaration get.
+_DEFAULT_DATABASES: tuple[tuple[str, str | None], ...] = (("auth", None), ("backend", None))
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def find_bin_dir() -> Path:
@@ -38,8 +46,10 @@ def find_bin_dir() -> Path:
     )
 
 
-def dsn(port: int, database: str) -> str:
-    return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{database}"
+def dsn(port: int, database: str, user: str = SUPERUSER, password: str = "") -> str:
+    """A DSN for `database`, as the superuser (trust auth) unless a user and its password are given."""
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    return f"postgresql://{auth}@127.0.0.1:{port}/{database}"
 
 
 def _template_dir(bin_dir: Path) -> Path:
@@ -115,10 +125,19 @@ def _initdb(bin_dir: Path, target: Path, user) -> None:  # type: ignore[no-untyp
         )
 
 
-def spec(run_dir: Path, port: int) -> ProcessSpec:
-    """A ProcessSpec for a postgres server on `port` with its data under run_dir/pg."""
+def spec(
+    run_dir: Path,
+    port: int,
+    *,
+    name: str = "postgres",
+    data_dir: Path | None = None,
+    databases: Sequence[tuple[str, str | None]] = _DEFAULT_DATABASES,
+    users: Mapping[str, str] | None = None,
+    query: str = "SELECT 1",
+) -> ProcessSpec:
+    """A ProcessSpec for a postgres server on `port` with its data under run_dir/pg (or data_dir)."""
     bin_dir = find_bin_dir()
-    data_dir = run_dir / "pg"
+    data_dir = data_dir or run_dir / "pg"
     if not (data_dir / "PG_VERSION").exists():
         init_cluster(data_dir)
     argv = [
@@ -147,10 +166,10 @@ def spec(run_dir: Path, port: int) -> ProcessSpec:
         "log_line_prefix=%m [%p] %d ",
     ]
     return ProcessSpec(
-        name="postgres",
+        name=name,
         argv=argv,
         port=port,
-        ready=query_ready(port),
+        ready=query_ready(port, databases, users, query),
         user=unprivileged_user(),
         cwd=Path("/"),
         startup_timeout=20,
@@ -159,8 +178,13 @@ def spec(run_dir: Path, port: int) -> ProcessSpec:
     )
 
 
-def query_ready(port: int):  # type: ignore[no-untyped-def]
-    """Ready when a real query answers; creates the application databases on first success."""
+def query_ready(
+    port: int,
+    databases: Sequence[tuple[str, str | None]] = _DEFAULT_DATABASES,
+    users: Mapping[str, str] | None = None,
+    query: str = "SELECT 1",
+) -> ReadyCheck:
+    """Ready when `query` answers; creates the users and (database, owner) pairs on first success."""
 
     async def probe() -> bool:
         import asyncpg
@@ -170,11 +194,17 @@ def query_ready(port: int):  # type: ignore[no-untyped-def]
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresError):
             return False
         try:
+            roles = {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_roles")}
+            for user, password in (users or {}).items():
+                if user not in roles:
+                    literal = password.replace("'", "''")
+                    await conn.execute(f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{literal}'")
             existing = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
-            for name in DATABASES:
+            for name, owner in databases:
                 if name not in existing:
-                    await conn.execute(f'CREATE DATABASE "{name}"')
-            return await conn.fetchval("SELECT 1") == 1
+                    await conn.execute(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
+            await conn.execute(query)
+            return True
         finally:
             await conn.close()
 
@@ -182,3 +212,100 @@ def query_ready(port: int):  # type: ignore[no-untyped-def]
         return asyncio.run(probe())
 
     return check
+
+
+class PostgresBlock(Block):
+    """PostgreSQL with the databases and users the target declares; {<service>.db.<name>} is a DSN."""
+
+    # databases = ["auth", {name = "billing", owner = "billing_app"}]
+    # users = [{name = "billing_app", password = "..."}]
+    # A database's DSN signs in as its owner when it has one, else as the superuser (trust auth).
+
+    name = "postgres"
+    kind = "store"
+    options = ("databases", "users")
+    ready_kinds = frozenset({"query"})
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        users: dict[str, str] = {}
+        raw_users = options.get("users", [])
+        if not isinstance(raw_users, list):
+            raise OptionError("users", "must be a list of {name = ..., password = ...} tables")
+        for i, entry in enumerate(raw_users):
+            if not isinstance(entry, dict) or set(entry) != {"name", "password"}:
+                raise OptionError(f"users[{i}]", "must be a table with exactly 'name' and 'password'")
+            name, password = entry["name"], entry["password"]
+            if not isinstance(name, str) or not _IDENTIFIER.match(name):
+                raise OptionError(f"users[{i}].name", f"{name!r} is not a lower-case SQL identifier")
+            if not isinstance(password, str):
+                raise OptionError(f"users[{i}].password", "must be a string")
+            if name in users or name == SUPERUSER:
+                raise OptionError(
+                    f"users[{i}].name", f"user {name!r} is declared twice (or is the superuser)"
+                )
+            users[name] = password
+        raw_dbs = options.get("databases")
+        if not isinstance(raw_dbs, list) or not raw_dbs:
+            raise OptionError("databases", "a postgres block needs a non-empty list of databases")
+        databases: list[tuple[str, str | None]] = []
+        for i, entry in enumerate(raw_dbs):
+            name, owner = (entry, None) if isinstance(entry, str) else (None, None)
+            if isinstance(entry, dict):
+                unknown = set(entry) - {"name", "owner"}
+                if unknown or "name" not in entry:
+                    raise OptionError(
+                        f"databases[{i}]", "must be a name or a table {name = ..., owner = ...}"
+                    )
+                name, owner = entry["name"], entry.get("owner")
+            if not isinstance(name, str) or not _IDENTIFIER.match(name):
+                raise OptionError(f"databases[{i}]", f"{name!r} is not a lower-case SQL identifier")
+            if name in {n for n, _ in databases} or name == "postgres":
+                raise OptionError(
+                    f"databases[{i}]", f"database {name!r} is declared twice (or is 'postgres')"
+                )
+            if owner is not None and owner not in users:
+                raise OptionError(
+                    f"databases[{i}].owner",
+                    f"unknown user {owner!r} (declared users: {', '.join(users) or 'none'})",
+                )
+            databases.append((name, owner))
+        return {"databases": tuple(databases), "users": users}
+
+    def names(self, options: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        return {"db": tuple(name for name, _ in options["databases"])}
+
+    def name_value(self, run: BlockRun, group: str, name: str) -> str:
+        owner = dict(run.options["databases"])[name]
+        if owner is None:
+            return dsn(run.port, name)
+        return dsn(run.port, name, owner, run.options["users"][owner])
+
+    def url(self, run: BlockRun) -> str:
+        return dsn(run.port, "postgres")
+
+    def spec(self, run: BlockRun) -> ProcessSpec:
+        return spec(
+            run.run_dir,
+            run.port,
+            name=run.service,
+            data_dir=run.data_dir("pg", self.name),
+            databases=run.options["databases"],
+            users=run.options["users"],
+        )
+
+    def query_ready(self, run: BlockRun, sql: str) -> ReadyCheck:
+        return query_ready(run.port, run.options["databases"], run.options["users"], sql)
+
+    def doctor(self) -> list[Check]:
+        checks: list[Check] = []
+        try:
+            checks.append(("PostgreSQL server", True, str(find_bin_dir())))
+        except ServiceStartError as exc:
+            checks.append(("PostgreSQL server", False, exc.hint))
+        if os.geteuid() == 0:
+            try:
+                user = unprivileged_user()
+                checks.append(("unprivileged user for PostgreSQL", True, user.pw_name if user else "-"))
+            except RuntimeError as exc:
+                checks.append(("unprivileged user for PostgreSQL", False, str(exc)))
+        return checks + python_module_checks({"asyncpg": "asyncpg"})

@@ -6,8 +6,10 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
-from harness.process import ProcessSpec, ServiceStartError
+from harness.process import ProcessSpec, ReadyCheck, ServiceStartError
+from harness.services.blocks import Block, BlockRun, Check, OptionError
 
 
 def find_binary() -> str:
@@ -25,9 +27,16 @@ def url(port: int, db: int = 0) -> str:
     return f"redis://127.0.0.1:{port}/{db}"
 
 
-def spec(run_dir: Path, port: int, *, appendonly: bool = False) -> ProcessSpec:
-    """redis-server on `port`, data in run_dir/redis; AOF when `appendonly` (restart journeys)."""
-    data_dir = run_dir / "redis"
+def spec(
+    run_dir: Path,
+    port: int,
+    *,
+    appendonly: bool = False,
+    name: str = "redis",
+    data_dir: Path | None = None,
+) -> ProcessSpec:
+    """redis-server on `port`, data in run_dir/redis (or data_dir); AOF when `appendonly` (restart journeys)."""
+    data_dir = data_dir or run_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         find_binary(),
@@ -53,7 +62,7 @@ def spec(run_dir: Path, port: int, *, appendonly: bool = False) -> ProcessSpec:
         "16",
     ]
     return ProcessSpec(
-        name="redis",
+        name=name,
         argv=argv,
         port=port,
         ready=ping_ready(port),
@@ -62,7 +71,7 @@ def spec(run_dir: Path, port: int, *, appendonly: bool = False) -> ProcessSpec:
     )
 
 
-def ping_ready(port: int):  # type: ignore[no-untyped-def]
+def ping_ready(port: int) -> ReadyCheck:
     def check() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -72,3 +81,34 @@ def ping_ready(port: int):  # type: ignore[no-untyped-def]
             return False
 
     return check
+
+
+class RedisBlock(Block):
+    """redis-server; `appendonly = true` keeps its data across a restart (AOF, fsync every second)."""
+
+    name = "redis"
+    kind = "store"
+    options = ("appendonly",)
+    default_timeout = 10.0
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        appendonly = options.get("appendonly", False)
+        if not isinstance(appendonly, bool):
+            raise OptionError("appendonly", f"must be true or false, got {appendonly!r}")
+        return {"appendonly": appendonly}
+
+    def url(self, run: BlockRun) -> str:
+        return url(run.port)
+
+    def spec(self, run: BlockRun) -> ProcessSpec:
+        return spec(
+            run.run_dir,
+            run.port,
+            appendonly=run.options["appendonly"],
+            name=run.service,
+            data_dir=run.data_dir("redis", self.name),
+        )
+
+    def doctor(self) -> list[Check]:
+        found = os.environ.get("THROUGHLINE_REDIS_SERVER") or shutil.which("redis-server")
+        return [("redis-server", bool(found), found or "apt-get install redis-server")]

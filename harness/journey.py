@@ -1,11 +1,14 @@
 """The `journey` marker: what a journey is called, how much it matters, what it crosses.
 
     @pytest.mark.journey(name="Signup, login, chat", priority="P0", mrr=100_000,
-                         components=["auth", "backend", "frontend", "websocket"])
+                         components=["auth", "backend", "frontend", "websocket"],
+                         needs=["password_signup", "streaming"])
 
 `journey(...)` builds the same marker and validates it at import time; the browser plugin
 validates every marker at collection, so a typo is a collection error, never a silent gap
-in the release summary.
+in the release summary. `needs` names capabilities (harness/capabilities.py) the target must
+have; a plain test says the same with `@pytest.mark.needs("oauth", ...)`. A target lacking one
+reports the test "not applicable" (harness/plugin_target.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+from harness.capabilities import CAPABILITIES
 
 PRIORITIES = ("P0", "P1")
 COMPONENTS = frozenset(
@@ -33,8 +38,12 @@ COMPONENTS = frozenset(
     }
 )
 MARKER_HELP = (
-    "journey(name, priority, mrr, components): a critical user journey with its priority (P0/P1), "
-    "the revenue it protects and the components it crosses"
+    "journey(name, priority, mrr, components, needs): a critical user journey with its priority (P0/P1), "
+    "the revenue it protects, the components it crosses and the capabilities it needs"
+)
+NEEDS_MARKER_HELP = (
+    "needs(*capabilities): the capabilities (harness/capabilities.py) the target must have; "
+    "otherwise the test is not applicable"
 )
 
 
@@ -50,15 +59,23 @@ class JourneyInfo:
     priority: str
     mrr: int
     components: tuple[str, ...]
+    needs: tuple[str, ...] = ()
 
 
 def validate_journey(
-    name: Any = None, priority: Any = None, mrr: Any = 0, components: Any = None, **unknown: Any
+    name: Any = None,
+    priority: Any = None,
+    mrr: Any = 0,
+    components: Any = None,
+    needs: Any = (),
+    **unknown: Any,
 ) -> JourneyInfo:
     """Check the marker's values; raise JourneyMarkerError naming every problem and the vocabulary."""
     problems = []
     if unknown:
-        problems.append(f"unknown argument(s) {sorted(unknown)}; expected name, priority, mrr, components")
+        problems.append(
+            f"unknown argument(s) {sorted(unknown)}; expected name, priority, mrr, components, needs"
+        )
     if not isinstance(name, str) or not name.strip():
         problems.append("name must be a non-empty string, e.g. name='Signup, login, chat'")
     if priority not in PRIORITIES:
@@ -78,16 +95,35 @@ def validate_journey(
             )
         if not comps:
             problems.append("components must name at least one component")
+    caps: tuple[str, ...] = ()
+    if isinstance(needs, str) or not isinstance(needs, Iterable):
+        problems.append("needs must be a list of capabilities, e.g. needs=['oauth']")
+    else:
+        caps = tuple(needs)
+        unknown_caps = [c for c in caps if c not in CAPABILITIES]
+        if unknown_caps:
+            problems.append(
+                f"unknown capability {', '.join(map(repr, unknown_caps))}; "
+                f"known capabilities: {', '.join(sorted(CAPABILITIES))}"
+            )
     if problems:
         raise JourneyMarkerError("invalid @pytest.mark.journey: " + "; ".join(problems))
-    return JourneyInfo(name=name.strip(), priority=priority, mrr=mrr, components=comps)
+    return JourneyInfo(name=name.strip(), priority=priority, mrr=mrr, components=comps, needs=caps)
 
 
-def journey(name: str, priority: str, mrr: int = 0, components: Iterable[str] = ()) -> pytest.MarkDecorator:
+def journey(
+    name: str, priority: str, mrr: int = 0, components: Iterable[str] = (), needs: Iterable[str] = ()
+) -> pytest.MarkDecorator:
     """`@journey(...)`: the `journey` marker, validated when the module is imported."""
-    info = validate_journey(name=name, priority=priority, mrr=mrr, components=list(components))
+    info = validate_journey(
+        name=name, priority=priority, mrr=mrr, components=list(components), needs=list(needs)
+    )
     return pytest.mark.journey(
-        name=info.name, priority=info.priority, mrr=info.mrr, components=list(info.components)
+        name=info.name,
+        priority=info.priority,
+        mrr=info.mrr,
+        components=list(info.components),
+        needs=list(info.needs),
     )
 
 
@@ -99,3 +135,23 @@ def journey_info(item: pytest.Item) -> JourneyInfo | None:
     if mark.args:
         raise JourneyMarkerError("invalid @pytest.mark.journey: use keyword arguments only")
     return validate_journey(**mark.kwargs)
+
+
+def needs_of(item: pytest.Item) -> tuple[str, ...]:
+    """Every capability a test needs: its journey's `needs` and every `needs` marker, validated."""
+    info = journey_info(item)
+    needed = list(info.needs if info is not None else ())
+    for mark in item.iter_markers("needs"):
+        names = mark.args
+        if mark.kwargs or not names or not all(isinstance(n, str) for n in names):
+            raise JourneyMarkerError(
+                "invalid @pytest.mark.needs: name capabilities as string arguments, e.g. needs('oauth', 'billing')"
+            )
+        unknown = [n for n in names if n not in CAPABILITIES]
+        if unknown:
+            raise JourneyMarkerError(
+                f"invalid @pytest.mark.needs: unknown capability {', '.join(map(repr, unknown))}; "
+                f"known capabilities: {', '.join(sorted(CAPABILITIES))}"
+            )
+        needed += names
+    return tuple(dict.fromkeys(needed))

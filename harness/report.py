@@ -10,6 +10,11 @@ The stack fixture hands the report what only it knows:
         "run_dir": "...",
     })
 
+The target plugin (harness/plugin_target.py) hands it the session's target and the defects it
+registered as xfails (TARGET_KEY, DEFECTS_KEY); a report says per test whether it was not
+applicable (harness.capabilities.not_applicable_reason_of) or showed a registered defect
+(defect_status_of).
+
 Every text this module puts into a report goes through `harness.redact.redact`.
 """
 
@@ -24,8 +29,10 @@ from typing import Any
 
 import pytest
 
+from harness.capabilities import not_applicable_reason_of
 from harness.journey import COMPONENTS, PRIORITIES, JourneyInfo
 from harness.redact import redact, redact_value
+from harness.target import Defect, Target
 
 LogTailProvider = Callable[[], dict[str, str]]
 EnvironmentProvider = Callable[[], dict[str, Any]]
@@ -35,6 +42,18 @@ _environment_providers: list[EnvironmentProvider] = []
 _environment_snapshot: dict[str, Any] = {}
 
 JOURNEYS_KEY = pytest.StashKey[dict[str, JourneyInfo]]()
+TARGET_KEY = pytest.StashKey[Target]()  # the platform under test
+DEFECTS_KEY = pytest.StashKey[dict[str, Defect]]()  # node id -> the registered defect it must show
+
+# How a registered defect showed in one test report: (defect id, status), where status is
+# "xfailed" (it still stands), "fixed" (XPASS strict) or "not the defect" (failed elsewhere).
+DEFECT_STATUS_ATTR = "throughline_defect"
+DefectStatus = tuple[str, str]
+DEFECT_RUN_TEXT = {
+    "xfailed": "still stands (xfailed)",
+    "fixed": "fixed (XPASS): remove it from defects.toml",
+    "not the defect": "not shown: the test failed elsewhere",
+}
 
 LOG_TAIL_LINES = 40
 
@@ -135,6 +154,17 @@ def record_data(label: str, query: str, value: Any) -> None:
         _current_trail.add(label, query, value)
 
 
+def set_defect_status(report: Any, defect: Defect, status: str) -> None:
+    """Record on a test report how the registered `defect` showed in it."""
+    setattr(report, DEFECT_STATUS_ATTR, (defect.id, status))
+
+
+def defect_status_of(report: Any) -> DefectStatus | None:
+    """(defect id, status) when a registered defect was expected in this report, else None."""
+    value = getattr(report, DEFECT_STATUS_ATTR, None)
+    return (str(value[0]), str(value[1])) if isinstance(value, tuple | list) and len(value) == 2 else None
+
+
 # -- rendering helpers -------------------------------------------------------------
 def esc(text: Any) -> str:
     return html.escape(redact(str(text)))
@@ -152,19 +182,48 @@ def money(value: int) -> str:
 
 
 # -- the pytest-html side -------------------------------------------------------------
+PASSED, FAILED, NOT_APPLICABLE, KNOWN_DEFECT, SKIPPED = (
+    "passed",
+    "failed",
+    "not applicable",
+    "known defect",
+    "skipped",
+)
+OUTCOMES = (PASSED, FAILED, NOT_APPLICABLE, KNOWN_DEFECT, SKIPPED)
+_RANK = {FAILED: 0, NOT_APPLICABLE: 1, KNOWN_DEFECT: 2, SKIPPED: 3, PASSED: 4}  # a test's worst phase wins
+
+
 @dataclass
 class _Outcome:
-    outcome: str = "passed"
+    outcome: str = PASSED
     duration: float = 0.0
+    reason: str | None = None  # why it is not applicable
+    defect: DefectStatus | None = None
+
+    def update(self, report: pytest.TestReport) -> None:
+        self.duration += report.duration
+        self.defect = defect_status_of(report) or self.defect
+        reason = not_applicable_reason_of(report)
+        if report.failed:
+            seen = FAILED
+        elif reason is not None:
+            seen, self.reason = NOT_APPLICABLE, reason
+        elif report.skipped:
+            seen = KNOWN_DEFECT if self.defect and self.defect[1] == "xfailed" else SKIPPED
+        else:
+            seen = PASSED
+        if _RANK[seen] < _RANK[self.outcome]:
+            self.outcome = seen
 
 
-_ORDER = {"failed": 0, "skipped": 1, "passed": 2}
+_ORDER = {FAILED: 0, KNOWN_DEFECT: 1, SKIPPED: 2, NOT_APPLICABLE: 3, PASSED: 4}  # summary rows: worst first
 _SUMMARY_CSS = (
     "<style>.tl-table{border-collapse:collapse;margin:8px 0 14px}"
     ".tl-table th,.tl-table td{border:1px solid #d0d7de;padding:4px 10px;text-align:left}"
     ".tl-table th{background:#f6f8fa}.tl-verdict{padding:8px 12px;border-radius:6px;font-size:15px}"
     ".tl-green{background:#dafbe1}.tl-amber{background:#fff8c5}.tl-red{background:#ffebe9}"
-    "tr.tl-failed td{background:#ffebe9}tr.tl-skipped td{background:#fff8c5}</style>"
+    "tr.tl-failed td{background:#ffebe9}tr.tl-skipped td{background:#fff8c5}"
+    "tr.tl-known-defect td{background:#fbefff}tr.tl-not-applicable td{color:#57606a}</style>"
 )
 
 
@@ -180,10 +239,25 @@ class JourneyResult:
 
     @property
     def outcome(self) -> str:
+        """Failed if any test failed; else showing a known defect; else passed if any passed."""
         outcomes = set(self.tests.values())
-        if "failed" in outcomes:
-            return "failed"
-        return "skipped" if outcomes == {"skipped"} else "passed"
+        for outcome in (FAILED, KNOWN_DEFECT, PASSED, NOT_APPLICABLE):
+            if outcome in outcomes:
+                return outcome
+        return SKIPPED
+
+
+def _counts(outcomes: Iterable[str]) -> dict[str, int]:
+    seen = list(outcomes)
+    return {k: seen.count(k) for k in OUTCOMES}
+
+
+def _tally(counts: dict[str, int]) -> str:
+    return (
+        f"{counts[PASSED]} passed, {counts[FAILED]} failed, {counts[NOT_APPLICABLE]} not applicable, "
+        f"{counts[KNOWN_DEFECT]} known defect{'' if counts[KNOWN_DEFECT] == 1 else 's'}, "
+        f"{counts[SKIPPED]} skipped"
+    )
 
 
 @dataclass(eq=False)  # registered as a pluggy plugin: must stay hashable
@@ -198,19 +272,19 @@ class ReportPlugin:
     def journeys(self) -> dict[str, JourneyInfo]:
         return self.config.stash.get(JOURNEYS_KEY, {})
 
+    @property
+    def target(self) -> Target | None:
+        return self.config.stash.get(TARGET_KEY, None)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        entry = self.outcomes.setdefault(report.nodeid, _Outcome())
-        entry.duration += report.duration
-        if report.failed:
-            entry.outcome = "failed"
-        elif report.skipped and entry.outcome != "failed":
-            entry.outcome = "skipped"
+        self.outcomes.setdefault(report.nodeid, _Outcome()).update(report)
         if report.when == "teardown":
             _refresh_environment()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
-        report.title = "Throughline: end-to-end journeys"
+        target = self.target
+        report.title = "Throughline: end-to-end journeys" + (f" on {target.title}" if target else "")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_header(self, cells: list[str]) -> None:
@@ -229,6 +303,10 @@ class ReportPlugin:
     def pytest_html_results_table_html(self, report: Any, data: list[str]) -> None:
         # The log pane (longrepr, captured output, sections): redact what may have escaped so far.
         data[:] = [html.escape(redact(html.unescape(chunk)), quote=False) for chunk in data]
+        # pytest-html only knows "Skipped": say plainly, first, that this one is not applicable.
+        reason = not_applicable_reason_of(report)
+        if reason is not None:
+            data.insert(0, f"NOT APPLICABLE: {esc(reason)}\n")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(
@@ -249,39 +327,51 @@ class ReportPlugin:
         return sorted(grouped.values(), key=lambda r: (_ORDER[r.outcome], r.priority, -r.mrr, r.name))
 
     def summary_html(self) -> str:
+        target = self.target
         journeys = self.journey_results()
-        parts = [_SUMMARY_CSS, '<div class="tl-summary"><h2>Release summary</h2>']
-        protected = sum(j.mrr for j in journeys if j.outcome == "passed")
-        at_risk = sum(j.mrr for j in journeys if j.outcome == "failed")
-        counts = {k: sum(1 for j in journeys if j.outcome == k) for k in ("passed", "failed", "skipped")}
+        on = f": {esc(target.title)}" if target else ""
+        parts = [_SUMMARY_CSS, f'<div class="tl-summary"><h2>Release summary{on}</h2>']
+        if target is not None and target.description:
+            parts.append(f"<p>Target <b>{esc(target.title)}</b>: {esc(target.description)}</p>")
+        protected = sum(j.mrr for j in journeys if j.outcome == PASSED)
+        at_risk = sum(j.mrr for j in journeys if j.outcome == FAILED)
+        behind_defects = sum(j.mrr for j in journeys if j.outcome == KNOWN_DEFECT)
+        counts = _counts(j.outcome for j in journeys)
+        test_counts = _counts(o.outcome for o in self.outcomes.values())
         tests = sum(len(j.tests) for j in journeys)
         duration = time.time() - self.started
-        verdict = (
-            "RELEASE BLOCKED"
-            if any(j.outcome == "failed" and j.priority == "P0" for j in journeys)
-            else ("AT RISK" if counts["failed"] else "GREEN")
-        )
+        # Known defects and not-applicable journeys are stated, not failures: only a failure turns it.
+        if any(j.outcome == FAILED and j.priority == "P0" for j in journeys):
+            verdict = "RELEASE BLOCKED"
+        elif counts[FAILED] or test_counts[FAILED]:
+            verdict = "AT RISK"
+        else:
+            verdict = "GREEN"
         css = {"GREEN": "tl-green", "AT RISK": "tl-amber", "RELEASE BLOCKED": "tl-red"}[verdict]
+        where = f" on {esc(target.title)}" if target else ""
         parts.append(
-            f'<p class="tl-verdict {css}"><b>{verdict}</b>: {len(journeys)} journeys ({tests} tests), '
-            f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped. "
-            f"MRR protected {money(protected)}; MRR at risk {money(at_risk)}. "
+            f'<p class="tl-verdict {css}"><b>{verdict}</b>: {len(journeys)} journeys ({tests} tests){where}, '
+            f"{_tally(counts)}. Tests: {_tally(test_counts)}. "
+            f"MRR protected {money(protected)}; MRR at risk {money(at_risk)}; "
+            f"MRR behind known defects {money(behind_defects)}. "
             f"Suite duration {duration:.1f} s.</p>"
         )
         parts.append(
             '<table class="tl-table"><tr><th>Priority</th><th>Journeys</th><th>Passed</th><th>Failed</th>'
-            "<th>Skipped</th><th>MRR protected</th><th>MRR at risk</th></tr>"
+            "<th>Not applicable</th><th>Known defects</th><th>Skipped</th>"
+            "<th>MRR protected</th><th>MRR at risk</th></tr>"
         )
         for priority in PRIORITIES:
             these = [j for j in journeys if j.priority == priority]
             if not these:
                 continue
-            c = {k: sum(1 for j in these if j.outcome == k) for k in ("passed", "failed", "skipped")}
-            p = sum(j.mrr for j in these if j.outcome == "passed")
-            r = sum(j.mrr for j in these if j.outcome == "failed")
+            c = _counts(j.outcome for j in these)
+            p = sum(j.mrr for j in these if j.outcome == PASSED)
+            r = sum(j.mrr for j in these if j.outcome == FAILED)
             parts.append(
-                f"<tr><td>{priority}</td><td>{len(these)}</td><td>{c['passed']}</td><td>{c['failed']}</td>"
-                f"<td>{c['skipped']}</td><td>{money(p)}</td><td>{money(r)}</td></tr>"
+                f"<tr><td>{priority}</td><td>{len(these)}</td><td>{c[PASSED]}</td><td>{c[FAILED]}</td>"
+                f"<td>{c[NOT_APPLICABLE]}</td><td>{c[KNOWN_DEFECT]}</td><td>{c[SKIPPED]}</td>"
+                f"<td>{money(p)}</td><td>{money(r)}</td></tr>"
             )
         parts.append("</table>")
         if journeys:
@@ -290,23 +380,78 @@ class ReportPlugin:
                 "<th>MRR</th><th>Components</th></tr>"
             )
             for j in journeys:
-                passed = sum(1 for o in j.tests.values() if o == "passed")
+                passed = sum(1 for o in j.tests.values() if o == PASSED)
                 parts.append(
-                    f"<tr class='tl-{j.outcome}'><td title='{esc(chr(10).join(j.tests))}'>{esc(j.name)}</td>"
-                    f"<td>{j.priority}</td><td>{j.outcome}</td><td>{passed}/{len(j.tests)}</td>"
+                    f"<tr class='tl-{j.outcome.replace(' ', '-')}'><td title='{esc(chr(10).join(j.tests))}'>"
+                    f"{esc(j.name)}</td><td>{j.priority}</td><td>{j.outcome}</td><td>{passed}/{len(j.tests)}</td>"
                     f"<td>{money(j.mrr)}</td><td>{esc(', '.join(sorted(j.components)))}</td></tr>"
                 )
             parts.append("</table>")
         covered = sorted({c for j in journeys for c in j.components})
-        passed_cov = sorted({c for j in journeys if j.outcome == "passed" for c in j.components})
+        passed_cov = sorted({c for j in journeys if j.outcome == PASSED for c in j.components})
         parts.append(
             f"<p>Components covered: {esc(', '.join(covered) or 'none')} "
             f"({len(covered)}/{len(COMPONENTS)}); proven by a passing journey: "
             f"{esc(', '.join(passed_cov) or 'none')}; not covered: "
             f"{esc(', '.join(sorted(COMPONENTS - set(covered))) or 'none')}.</p>"
         )
+        if target is not None:
+            parts.append(self._not_applicable_html(target))
+            parts.append(self._defects_html(target))
         parts.append(self._environment_html())
         parts.append("</div>")
+        return "".join(parts)
+
+    def _not_applicable_html(self, target: Target) -> str:
+        rows = [(nid, o.reason or "") for nid, o in self.outcomes.items() if o.outcome == NOT_APPLICABLE]
+        if not rows:
+            return ""
+        parts = [
+            f"<h3>Not applicable on {esc(target.name)}</h3>",
+            '<table class="tl-table"><tr><th>Test</th><th>Reason</th></tr>',
+        ]
+        parts += [
+            f"<tr class='tl-not-applicable'><td>{esc(nid)}</td><td>{esc(why)}</td></tr>" for nid, why in rows
+        ]
+        parts.append("</table>")
+        return "".join(parts)
+
+    def defect_runs(self, defect: Defect) -> list[tuple[str, str]]:
+        """(node id, how it ran) for every test the defect was applied to this run."""
+        applied = self.config.stash.get(DEFECTS_KEY, {})
+        runs = []
+        for nid, registered in applied.items():
+            if registered.id != defect.id:
+                continue
+            entry = self.outcomes.get(nid)
+            if entry is None:
+                runs.append((nid, "not run"))
+            elif entry.outcome == NOT_APPLICABLE:
+                runs.append((nid, "not run (not applicable)"))
+            elif entry.defect is not None:
+                runs.append((nid, DEFECT_RUN_TEXT.get(entry.defect[1], entry.defect[1])))
+            else:
+                runs.append((nid, "not run" if entry.outcome == SKIPPED else entry.outcome))
+        return runs
+
+    def _defects_html(self, target: Target) -> str:
+        if not target.defects:
+            return ""
+        parts = [
+            f"<h3>Defects found in {esc(target.name)}</h3>",
+            '<table class="tl-table"><tr><th>Defect</th><th>Summary</th><th>Evidence</th><th>Test</th>'
+            "<th>Step</th><th>This run</th></tr>",
+        ]
+        for defect in target.defects:
+            runs = self.defect_runs(defect) or [(defect.test, "not run")]
+            this_run = "<br>".join(
+                esc(status) if len(runs) == 1 else f"{esc(nid)}: {esc(status)}" for nid, status in runs
+            )
+            parts.append(
+                f"<tr><td>{esc(defect.id)}</td><td>{esc(defect.summary)}</td><td>{esc(defect.evidence)}</td>"
+                f"<td>{esc(defect.test)}</td><td>{esc(defect.step or 'any')}</td><td>{this_run}</td></tr>"
+            )
+        parts.append("</table>")
         return "".join(parts)
 
     def _environment_html(self) -> str:

@@ -6,6 +6,16 @@
 `step` works with `with` too. Each test gets a fresh `StepLog` (installed by the browser
 plugin); the report shows it with timings, and a failing step adds a note to the exception:
 "step 3/5 'Log in' failed after 2.1 s: TimeoutError: ...".
+
+A step the target cannot do is recorded without running anything:
+
+    if not app.supports("refresh_token"):
+        step.not_applicable("Refresh rotates the tokens", "lacks refresh_token")
+    else:
+        async with step("Refresh rotates the tokens"):
+            ...
+
+and a `NotApplicable` raised inside a step marks that step "not applicable", not "failed".
 """
 
 from __future__ import annotations
@@ -19,9 +29,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from harness.capabilities import NotApplicable
 from harness.redact import redact
 
-StepStatus = Literal["running", "passed", "failed"]
+StepStatus = Literal["running", "passed", "failed", "not applicable"]
 
 _NOTE_MARK = "__throughline_step_noted__"
 
@@ -38,11 +49,23 @@ class StepRecord:
     duration: float | None = None
     status: StepStatus = "running"
     error: str | None = None
+    reason: str | None = None  # why a step is not applicable
     _children: int = field(default=0, repr=False)
 
     @property
     def title(self) -> str:
         return " › ".join(repr(p) for p in self.path)
+
+    @property
+    def note(self) -> str | None:
+        """What to show beside the step: its error, or why it is not applicable."""
+        if self.error:
+            return self.error
+        if self.reason:
+            return (
+                self.reason if self.reason.startswith("not applicable") else f"not applicable: {self.reason}"
+            )
+        return None
 
 
 @dataclass
@@ -70,10 +93,10 @@ class StepLog:
         lines = []
         for r in self.records:
             took = f"{r.duration:6.2f} s" if r.duration is not None else "   ... "
-            mark = {"passed": "ok  ", "failed": "FAIL", "running": "... "}[r.status]
+            mark = {"passed": "ok  ", "failed": "FAIL", "running": "... ", "not applicable": "n/a "}[r.status]
             line = f"{r.number:>6} {mark} {took}  {'  ' * r.depth}{r.name}"
-            if r.error:
-                line += f"  -> {r.error}"
+            if r.note:
+                line += f"  -> {r.note}"
             lines.append(line)
         return redact("\n".join(lines))
 
@@ -139,18 +162,32 @@ class step:  # noqa: N801 - used like a keyword: `async with step("Log in"):`
         self.record: StepRecord | None = None
         self._token: Any = None
 
-    def _enter(self) -> StepRecord:
+    @staticmethod
+    def _new_record(name: str) -> StepRecord:
         log = current_step_log()
         parent = _parent.get()
         if parent is None:
             log._top_level += 1
-            number, path, depth = str(log._top_level), tuple[str, ...]((self.name,)), 0
+            number, path, depth = str(log._top_level), tuple[str, ...]((name,)), 0
         else:
             parent._children += 1
             number = f"{parent.number}.{parent._children}"
-            path, depth = (*parent.path, self.name), parent.depth + 1
-        record = StepRecord(self.name, number, path, depth, started=time.monotonic())
+            path, depth = (*parent.path, name), parent.depth + 1
+        record = StepRecord(name, number, path, depth, started=time.monotonic())
         log.records.append(record)
+        return record
+
+    @staticmethod
+    def not_applicable(name: str, reason: str) -> StepRecord:
+        """Record step `name` as "not applicable" (e.g. "lacks refresh_token") without running anything."""
+        record = step._new_record(name)
+        record.duration = 0.0
+        record.status = "not applicable"
+        record.reason = redact(reason)
+        return record
+
+    def _enter(self) -> StepRecord:
+        record = self._new_record(self.name)
         self.record = record
         self._token = _parent.set(record)
         return record
@@ -163,6 +200,11 @@ class step:  # noqa: N801 - used like a keyword: `async with step("Log in"):`
         record.duration = time.monotonic() - record.started
         if exc is None:
             record.status = "passed"
+            return
+        if isinstance(exc, NotApplicable):
+            # The target cannot do this step: the test ends "not applicable", the step did not fail.
+            record.status = "not applicable"
+            record.reason = redact(exc.reason)
             return
         record.status = "failed"
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.capabilities import NotApplicable, not_applicable_reason
+from harness.journey import JourneyMarkerError, journey, validate_journey
 from harness.redact import REDACTED, redact, redact_value
 from harness.steps import count_steps, start_step_log, step
 
@@ -65,6 +67,53 @@ async def test_should_time_async_steps() -> None:
     async with step("Wait for nothing") as record:
         assert record.status == "running"
     assert log.records[0].status == "passed" and log.records[0].duration is not None
+
+
+def test_should_record_a_step_the_target_cannot_do_without_running_it() -> None:
+    log = start_step_log(expected_total=3)
+    with step("Sign in"):
+        pass
+    record = step.not_applicable("Refresh rotates the tokens", "lacks refresh_token")
+    with pytest.raises(NotApplicable):
+        with step("Open the billing page"):
+            with step("Read the invoice"):
+                raise NotApplicable("gatecheck", "billing")
+    assert record.status == "not applicable" and record.reason == "lacks refresh_token"
+    assert [(r.number, r.status) for r in log.records] == [
+        ("1", "passed"),
+        ("2", "not applicable"),
+        ("3", "not applicable"),
+        ("3.1", "not applicable"),
+    ]
+    assert log.failed_step() is None, "a step the target cannot do is not a failure"
+    assert (
+        "2 n/a    0.00 s  Refresh rotates the tokens  -> not applicable: lacks refresh_token" in log.format()
+    )
+    assert log.records[3].note == "not applicable to gatecheck: lacks billing"
+
+
+def test_should_word_not_applicable_reasons_one_way() -> None:
+    assert (
+        not_applicable_reason("external", ["oauth", "billing"])
+        == "not applicable to external: lacks oauth, billing"
+    )
+    assert str(NotApplicable("external", "service_control", "it runs elsewhere")) == (
+        "not applicable to external: lacks service_control (it runs elsewhere)"
+    )
+    assert (
+        str(NotApplicable("external", "no second region")) == "not applicable to external: no second region"
+    )
+
+
+def test_journey_should_carry_and_validate_the_capabilities_it_needs() -> None:
+    mark = journey(name="OAuth", priority="P0", mrr=1, components=["auth"], needs=["oauth", "oauth_linking"])
+    assert mark.kwargs["needs"] == ["oauth", "oauth_linking"]
+    assert validate_journey(**mark.kwargs).needs == ("oauth", "oauth_linking")
+    assert validate_journey(name="Chat", priority="P1", components=["backend"]).needs == ()
+    with pytest.raises(JourneyMarkerError, match="unknown capability 'oauht'; known capabilities: agent_"):
+        journey(name="OAuth", priority="P0", components=["auth"], needs=["oauht"])
+    with pytest.raises(JourneyMarkerError, match="needs must be a list"):
+        validate_journey(name="OAuth", priority="P0", components=["auth"], needs="oauth")
 
 
 def test_should_count_top_level_steps_statically() -> None:

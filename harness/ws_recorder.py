@@ -202,6 +202,14 @@ class WsRecorder:
     def _notify(self) -> None:
         self._changed.set()
 
+    async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Return when a frame, connection or close arrives, or after `timeout` seconds."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
     # -- queries -------------------------------------------------------------
     def frames(self, type: str | None = None, direction: Direction | None = None) -> list[Frame]:
         """Frames so far, optionally only of one `type` and/or `direction`."""

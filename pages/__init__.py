@@ -1,30 +1,10 @@
-"""Page objects of the Throughline Chat frontend (Playwright async API).
+"""Building blocks of every target's page objects: `BasePage` (typed waiters that fail naming
+what was expected and what the screen shows) and `Inbox` (the SMTP stand-in's mailbox).
 
-Locators by role, then label, then test id; an action that leads elsewhere returns the next
-page object already loaded; page objects know the DOM and nothing about the databases.
+A target's own page objects live in its folder (targets/<name>/pages).
 """
 
 from pages.base import DEFAULT_TIMEOUT_S, BasePage
-from pages.chat import ChatPanel, Message, Reply
-from pages.dashboard import DashboardPage, Profile, RateLimitNotice, Usage
 from pages.inbox import Inbox
-from pages.login import LoginPage
-from pages.oauth import OAuthConsentPage
-from pages.signup import CheckEmailState, SignupPage
 
-__all__ = [
-    "DEFAULT_TIMEOUT_S",
-    "BasePage",
-    "ChatPanel",
-    "CheckEmailState",
-    "DashboardPage",
-    "Inbox",
-    "LoginPage",
-    "Message",
-    "OAuthConsentPage",
-    "Profile",
-    "RateLimitNotice",
-    "Reply",
-    "SignupPage",
-    "Usage",
-]
+__all__ = ["DEFAULT_TIMEOUT_S", "BasePage", "Inbox"]

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, Request, Route, WebSocketRoute, async_playwright, expect
 
-from pages import DashboardPage, LoginPage, OAuthConsentPage, SignupPage
-from pages.signup import CheckEmailState
+from targets.reference.pages import DashboardPage, LoginPage, OAuthConsentPage, SignupPage
+from targets.reference.pages.signup import CheckEmailState
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("TL_CHROMIUM", "/usr/bin/chromium")

@@ -11,9 +11,9 @@ from playwright.async_api import Locator, Page
 from pages.base import DEFAULT_TIMEOUT_S, BasePage
 
 if TYPE_CHECKING:
-    from pages.dashboard import DashboardPage
-    from pages.oauth import OAuthConsentPage
-    from pages.signup import SignupPage
+    from targets.reference.pages.dashboard import DashboardPage
+    from targets.reference.pages.oauth import OAuthConsentPage
+    from targets.reference.pages.signup import SignupPage
 
 
 class LoginPage(BasePage):
@@ -75,7 +75,7 @@ class LoginPage(BasePage):
     async def login(self, email: str, password: str, timeout: float = DEFAULT_TIMEOUT_S) -> DashboardPage:
         """Log in and return the dashboard, loaded (name heading shown, chat connected)."""
         __tracebackhide__ = True
-        from pages.dashboard import DashboardPage
+        from targets.reference.pages.dashboard import DashboardPage
 
         await self.submit(email, password)
         dashboard = DashboardPage(self.page, self.base_url)
@@ -117,13 +117,17 @@ class LoginPage(BasePage):
     async def continue_with_provider(self, timeout: float = DEFAULT_TIMEOUT_S) -> OAuthConsentPage:
         """Click "Continue with <provider>"; -> the provider's consent page, loaded."""
         __tracebackhide__ = True
-        from pages.oauth import OAuthConsentPage
+        from targets.reference.pages.oauth import OAuthConsentPage
 
         await self.provider_button.click()
         return await OAuthConsentPage(self.page, self.base_url, self.provider_name).wait_until_loaded(timeout)
 
     async def go_to_signup(self) -> SignupPage:
-        from pages.signup import SignupPage
+        from targets.reference.pages.signup import SignupPage
 
         await self.page.get_by_role("link", name="Create an account").click()
         return await SignupPage(self.page, self.base_url).wait_until_loaded()
+
+    async def is_current(self) -> bool:
+        """Whether the browser is at the login page's address (whatever its query)."""
+        return self.page.url.split("?")[0].endswith(self.path)

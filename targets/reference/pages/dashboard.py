@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self
 
-from playwright.async_api import Locator, Page
+from playwright.async_api import Locator, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from pages.base import DEFAULT_TIMEOUT_S, BasePage
-from pages.chat import ChatPanel
+from targets.reference.pages.chat import ChatPanel
 
 if TYPE_CHECKING:
-    from pages.login import LoginPage
+    from targets.reference.pages.login import LoginPage
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class DashboardPage(BasePage):
     def __init__(self, page: Page, base_url: str, expected_name: str | None = None) -> None:
         super().__init__(page, base_url)
         self.expected_name = expected_name
+        # One region per dashboard (PyPOM's Region): a send's state survives until its reply is read.
+        self._chat = ChatPanel(page)
 
     @property
     def heading(self) -> Locator:
@@ -60,7 +62,8 @@ class DashboardPage(BasePage):
 
     @property
     def chat(self) -> ChatPanel:
-        return ChatPanel(self.page)
+        """The chat region of this dashboard (the same object on every access)."""
+        return self._chat
 
     @property
     def profile_card(self) -> Locator:
@@ -190,7 +193,7 @@ class DashboardPage(BasePage):
     async def logout(self, timeout: float = DEFAULT_TIMEOUT_S) -> LoginPage:
         """Log out; -> the login page, loaded, saying "You have been logged out."."""
         __tracebackhide__ = True
-        from pages.login import LoginPage
+        from targets.reference.pages.login import LoginPage
 
         await self.logout_button.click()
         login = await LoginPage(self.page, self.base_url).wait_until_loaded(timeout)
@@ -198,3 +201,67 @@ class DashboardPage(BasePage):
             login.notice.filter(has_text="You have been logged out"), "the logged-out notice", timeout
         )
         return login
+
+    async def visit(self) -> Self:
+        """Go to the dashboard's address waiting for nothing: a refused session sends the browser to log in."""
+        await self.page.goto(self.url_for(self.path))
+        return self
+
+    async def is_current(self) -> bool:
+        """Whether the browser is still at the dashboard's address."""
+        return self.path in self.page.url
+
+    async def error_codes(self) -> list[str | None]:
+        """The error code each banner line is tagged with, in the order shown."""
+        return list(
+            await self.banner.get_by_role("listitem").evaluate_all(
+                "els => els.map(e => e.dataset.code || null)"
+            )
+        )
+
+    async def wait_for_error_code(
+        self, code: str, count: int = 1, what: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """Wait until exactly `count` banner lines are tagged with the error code `code`."""
+        __tracebackhide__ = True
+        try:
+            await expect(self.banner.locator(f"li[data-code='{code}']")).to_have_count(
+                count, timeout=timeout * 1000
+            )
+        except AssertionError:
+            raise AssertionError(
+                f"expected {what or f'{count} banner line(s) with the error code {code}'} within {timeout:g}s; "
+                f"the banner's lines carry codes {await self.error_codes()!r}: {await self.error_banner_messages()!r}"
+            ) from None
+
+    async def wait_for_usage_detail(
+        self, text: str, what: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """Wait until the line under the usage totals says exactly `text`."""
+        __tracebackhide__ = True
+        detail = self.usage_card.get_by_test_id("usage-detail")
+        try:
+            await expect(detail).to_have_text(text, timeout=timeout * 1000)
+        except AssertionError:
+            raise AssertionError(
+                f"expected {what or f'the usage card to say {text!r}'} within {timeout:g}s ({text!r}); "
+                f"it says {await self.text_or_none(detail)!r}"
+            ) from None
+
+    async def wait_for_no_rate_limit_notice(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Wait until the rate-limit notice is gone (it hides itself after its retry_after)."""
+        __tracebackhide__ = True
+        try:
+            await self.rate_limit.wait_for(state="hidden", timeout=timeout * 1000)
+        except PlaywrightTimeoutError:
+            raise AssertionError(
+                f"expected the rate-limit notice to go within {timeout:g}s, it still says "
+                f"{await self.text_or_none(self.rate_limit)!r}"
+            ) from None
+
+    async def last_rate_limit_notice(self) -> RateLimitNotice:
+        """What the rate-limit notice said last, shown or already hidden (it hides after retry_after)."""
+        text = " ".join((await self.rate_limit.text_content() or "").split())
+        retry = await self.rate_limit.get_attribute("data-retry-after")
+        scope = await self.rate_limit.get_attribute("data-scope")
+        return RateLimitNotice(text=text, retry_after=int(retry) if retry else None, scope=scope or None)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Self
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 from playwright.async_api import Locator, Page
 
 from pages.base import DEFAULT_TIMEOUT_S, BasePage
 
 if TYPE_CHECKING:
-    from pages.dashboard import DashboardPage
-    from pages.login import LoginPage
+    from targets.reference.pages.dashboard import DashboardPage
+    from targets.reference.pages.login import LoginPage
 
 
 class OAuthConsentPage(BasePage):
@@ -63,8 +65,8 @@ class OAuthConsentPage(BasePage):
     async def allow(self, timeout: float = DEFAULT_TIMEOUT_S) -> DashboardPage:
         """Allow; -> the frontend dashboard, loaded, after the auth callback and /oauth/complete."""
         __tracebackhide__ = True
-        from pages.dashboard import DashboardPage
-        from pages.login import LoginPage
+        from targets.reference.pages.dashboard import DashboardPage
+        from targets.reference.pages.login import LoginPage
 
         await self.page.get_by_role("button", name="Allow", exact=True).click()
         dashboard = DashboardPage(self.page, self.base_url)
@@ -83,7 +85,7 @@ class OAuthConsentPage(BasePage):
     async def deny(self, timeout: float = DEFAULT_TIMEOUT_S) -> LoginPage:
         """Deny; -> the frontend login page showing the provider error (read it with error_message())."""
         __tracebackhide__ = True
-        from pages.login import LoginPage
+        from targets.reference.pages.login import LoginPage
 
         await self.page.get_by_role("button", name="Deny", exact=True).click()
         login = await LoginPage(self.page, self.base_url, self.provider_name).wait_until_loaded(timeout)
@@ -97,3 +99,30 @@ class OAuthConsentPage(BasePage):
     async def error(self) -> str | None:
         """The provider page's own error (e.g. an invalid email typed), or None."""
         return await self.text_or_none(self.provider_error)
+
+    async def allow_without_redirect(self, email: str, name: str) -> str:
+        """Answer "Allow" for `email`/`name` without letting the browser follow the redirect;
+        -> the auth callback URL (code + state) the provider would send the browser to.
+
+        The provider is a third party: its decision endpoint is driven with the same form fields
+        its page submits, so a journey can alter (or replay, or move to another browser) the
+        callback URL before a browser opens it.
+        """
+        __tracebackhide__ = True
+        form = self.page.get_by_role("button", name="Allow", exact=True).locator("xpath=ancestor::form")
+        txn = await form.locator("input[name='txn']").input_value()
+        action = await form.get_attribute("action") or ""
+        decision_url = urlsplit(self.page.url)._replace(path=action, query="").geturl()
+        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
+            response = await client.post(
+                decision_url, data={"txn": txn, "decision": "allow", "email": email, "name": name}
+            )
+        assert response.status_code == 302, (
+            f"the provider did not redirect after Allow ({response.status_code}): {response.text[:300]}"
+        )
+        location = response.headers["location"]
+        query = parse_qs(urlsplit(location).query)
+        assert query.get("code") and query.get("state"), (
+            f"the provider's redirect carries no code/state: {location}"
+        )
+        return location

@@ -9,7 +9,7 @@ from playwright.async_api import Locator, Page
 from pages.base import DEFAULT_TIMEOUT_S, BasePage
 
 if TYPE_CHECKING:
-    from pages.login import LoginPage
+    from targets.reference.pages.login import LoginPage
 
 
 class SignupPage(BasePage):
@@ -119,7 +119,7 @@ class CheckEmailState(BasePage):
         return await self.text_or_none(self.page.get_by_test_id("check-email-address"))
 
     async def go_to_login(self) -> LoginPage:
-        from pages.login import LoginPage
+        from targets.reference.pages.login import LoginPage
 
         await self.page.get_by_role("link", name="Go to log in").click()
         return await LoginPage(self.page, self.base_url).wait_until_loaded()

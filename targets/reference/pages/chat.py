@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from playwright.async_api import Locator, Page
+from playwright.async_api import Locator, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from pages.base import DEFAULT_TIMEOUT_S, BasePage
@@ -162,7 +162,11 @@ class ChatPanel(BasePage):
         __tracebackhide__ = True
         index = self._assistant_count_at_send
         if index is None:
-            index = max(await self.assistant_items.count() - 1, 0)
+            # Guessing "the last reply" would read an earlier turn's answer as this one's.
+            raise AssertionError(
+                "wait_for_reply() without a send() or submit() in this chat panel: use dashboard.chat "
+                "(one region per dashboard) for both"
+            )
         reply = self.assistant_items.nth(index)
         banner = self.page.get_by_test_id("error-banner")
         rate = self.page.get_by_test_id("rate-limit-notice")
@@ -271,3 +275,170 @@ class ChatPanel(BasePage):
 
     async def new_chat(self) -> None:
         await self.threads_nav.get_by_role("button", name="New chat").click()
+
+    # ------------------------------------------------------------------ watching the connection
+
+    async def watch_connection(self) -> None:
+        """From now on, remember every state the connection indicator takes, in order, so a short
+        "Reconnecting…" between two "Connected" is not missed (read it with connection_states_seen())."""
+        await self.expect_visible(self.status, "the chat connection indicator")
+        await self.status.evaluate(_WATCH_CONNECTION_JS)
+
+    async def connection_states_seen(self) -> list[str]:
+        """The indicator's states since watch_connection(), oldest first (no repeats in a row)."""
+        return list(await self.page.evaluate("() => window.__throughlineConnectionStates || []"))
+
+    # ------------------------------------------------------------------ one message, the log's size, Send
+
+    def message_item(
+        self, *, request_id: str | None = None, role: str | None = None, containing: str | None = None
+    ) -> MessageItem:
+        """The message of the log sent with `request_id` / by `role` / showing `containing` (exactly one)."""
+        css = '[data-testid="message"]'
+        if role is not None:
+            css += f'[data-role="{role}"]'
+        if request_id is not None:
+            css += f'[data-request-id="{request_id}"]'
+        root = self.log.locator(css)
+        if containing is not None:
+            root = root.filter(has_text=containing)
+        picked = ", ".join(
+            f"{k} {v!r}"
+            for k, v in (("request", request_id), ("role", role), ("text", containing))
+            if v is not None
+        )
+        return MessageItem(self.page, root, f"the message ({picked or 'any'})")
+
+    def reply_item(self, index: int) -> MessageItem:
+        """The assistant reply at `index` in the log (0 the first, -1 the last)."""
+        root = self.assistant_items.last if index == -1 else self.assistant_items.nth(index)
+        return MessageItem(self.page, root, "the last reply" if index == -1 else f"reply #{index + 1}")
+
+    def last_message(self) -> MessageItem:
+        """The newest message of the log, whoever sent it."""
+        return MessageItem(self.page, self.message_items.last, "the last message")
+
+    async def wait_for_message_count(self, count: int, what: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Wait until the log holds exactly `count` messages."""
+        __tracebackhide__ = True
+        try:
+            await expect(self.message_items).to_have_count(count, timeout=timeout * 1000)
+        except AssertionError:
+            shown = [(m.role, m.status, m.text) for m in await self.messages()]
+            raise AssertionError(
+                f"expected {what} within {timeout:g}s ({count} messages), the log shows {len(shown)}: {shown!r}"
+            ) from None
+
+    async def wait_for_send_disabled(self, what: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Wait until "Send" is disabled."""
+        __tracebackhide__ = True
+        try:
+            await expect(self.send_button).to_be_disabled(timeout=timeout * 1000)
+        except AssertionError:
+            raise AssertionError(
+                f'expected {what} within {timeout:g}s, but "Send" stays enabled.\n{await self.describe_screen()}'
+            ) from None
+
+    # ------------------------------------------------------------------ sends in a crowd or a burst
+
+    async def type_message(self, text: str) -> None:
+        """Type `text` into "Message" without sending (press_send() sends it): many people's Sends
+        can then be pressed at the same moment. wait_for_reply() then waits for this message's reply."""
+        self._assistant_count_at_send = await self.assistant_items.count()
+        self._notices_at_send = (
+            await self.text_or_none(self.page.get_by_test_id("error-banner")),
+            await self.text_or_none(self.page.get_by_test_id("rate-limit-notice")),
+        )
+        await self.input.fill(text)
+
+    async def press_send(self) -> None:
+        """Press "Send" (after type_message())."""
+        await self.send_button.click()
+
+    async def type_burst(self, texts: list[str], timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Type several messages in one go, Enter after each: they leave faster than send() can."""
+        __tracebackhide__ = True
+        await self.expect_visible(
+            self.send_button.and_(self.page.locator(":enabled")), 'an enabled "Send"', timeout
+        )
+        await self.input.press_sequentially("".join(f"{text}\n" for text in texts))
+
+    async def user_request_ids(self) -> list[str | None]:
+        """The request id of each of my messages in the log, oldest first."""
+        return list(
+            await self.log.locator('[data-role="user"]').evaluate_all(
+                "els => els.map(e => e.dataset.requestId)"
+            )
+        )
+
+
+# Observes (never changes) the indicator: every data-state it takes, in order.
+_WATCH_CONNECTION_JS = """el => {
+  window.__throughlineConnectionStates = [el.dataset.state];
+  new MutationObserver(() => {
+    const seen = window.__throughlineConnectionStates;
+    if (seen[seen.length - 1] !== el.dataset.state) seen.push(el.dataset.state);
+  }).observe(el, {attributes: true, attributeFilter: ['data-state']});
+}"""
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A tool a reply shows it used: the tool, its state (`running`, `done`) and the line shown."""
+
+    tool: str | None
+    state: str | None
+    text: str
+
+
+class MessageItem(BasePage):
+    """One message of the log, a region (PyPOM's `Region(page, root)`): ChatPanel.message_item(),
+    ChatPanel.reply_item()."""
+
+    def __init__(self, page: Page, root: Locator, description: str) -> None:
+        super().__init__(page, "")
+        self.root = root
+        self.description = description
+
+    async def status(self) -> str | None:
+        """`sent`, `streaming`, `complete`, `failed`, ... or None when the message is not shown."""
+        return await self.attribute_or_none(self.root, "data-status")
+
+    async def wait_for_status(
+        self, status: str, what: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """Wait until the message is marked `status`."""
+        __tracebackhide__ = True
+        await self.expect_attribute(
+            self.root, "data-status", status, what or f"{self.description} marked {status}", timeout
+        )
+
+    async def wait_for_text(
+        self, text: str, what: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> str:
+        """Wait until the message shows `text` (a note under it counts); -> everything it shows."""
+        __tracebackhide__ = True
+        try:
+            await expect(self.root).to_contain_text(text, timeout=timeout * 1000)
+        except AssertionError:
+            raise AssertionError(
+                f"expected {what or self.description + ' to say ' + repr(text)} within {timeout:g}s "
+                f"({text!r}); it shows {await self.text_or_none(self.root)!r}.\n{await self.describe_screen()}"
+            ) from None
+        return " ".join((await self.root.inner_text()).split())
+
+    async def badge(self) -> str:
+        """The agent badge's text ("general agent")."""
+        return " ".join((await self.root.get_by_test_id("agent-badge").inner_text()).split())
+
+    async def tool_use(self) -> ToolUse:
+        """The one tool use the message shows, as shown (its line unnormalised); fails on none or several."""
+        __tracebackhide__ = True
+        item = self.root.get_by_test_id("tool-use")
+        count = await item.count()
+        assert count == 1, f"{self.description} shows {count} tool uses, expected one"
+        return ToolUse(
+            await item.get_attribute("data-tool"),
+            await item.get_attribute("data-state"),
+            await item.inner_text(),
+        )

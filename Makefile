@@ -1,16 +1,19 @@
 # Two commands matter: `make e2e` (the journeys, headless, with the HTML report and
 # traces) and `make test` (the framework's own tests plus the journeys). Both bootstrap.
+# `make e2e TARGET=<name>` runs the journeys against another target (targets/<name>).
 PY      := .venv/bin/python
 PYTEST  := $(PY) -m pytest
 REPORTS := reports
 HEADED  ?=
+TARGET  ?=
 PYTEST_ARGS ?=
-E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),)
+E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),)
 
 .PHONY: bootstrap test e2e lint typecheck bench stack-up stack-down clean doctor
 
 bootstrap:
 	@bash scripts/bootstrap.sh
+	@if [ -n "$(TARGET)" ] && [ -x "targets/$(TARGET)/bootstrap.sh" ]; then bash "targets/$(TARGET)/bootstrap.sh"; fi
 
 test: bootstrap lint
 	@mkdir -p $(REPORTS)

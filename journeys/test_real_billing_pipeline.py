@@ -15,13 +15,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import httpx
-
-from db_probes import eventually
+from harness.app import App, TestUser, TurnEvent, UsageRecord
 from harness.journey import journey
 from harness.steps import step
-from journeys.conftest import LLMControl, TestUser, UserFactory, login_through_ui
-from pages import DashboardPage
 
 COMPONENTS = ["frontend", "backend", "clickhouse", "postgres", "agent", "llm"]
 
@@ -142,9 +138,9 @@ class ExpectedConversation:
         return lines
 
 
-def _turn_usage_matches(frame: dict[str, Any], calls: list[Call], what: str) -> None:
+def _turn_usage_matches(completed: TurnEvent, calls: list[Call], what: str) -> None:
     __tracebackhide__ = True
-    usage = frame["payload"]["usage"]
+    usage = completed.usage or {}
     expected = (
         sum(c.prompt_tokens for c in calls),
         sum(c.completion_tokens for c in calls),
@@ -162,73 +158,56 @@ def _turn_usage_matches(frame: dict[str, Any], calls: list[Call], what: str) -> 
     )
 
 
-async def _usage_rows(ch: Any, user_id: str, count: int) -> list[dict[str, Any]]:
-    async def rows() -> list[dict[str, Any]]:
-        found = await ch.usage_events(user_id=user_id)
+async def _usage_rows(app: App, user_id: str, count: int) -> list[UsageRecord]:
+    async def rows() -> list[UsageRecord]:
+        found = await app.records.usage(user_id=user_id)
         assert len(found) == count, (
             f"expected {count} usage rows in ClickHouse for the user, found {len(found)}"
         )
         return list(found)
 
-    return await eventually(rows, timeout=10, description=f"{count} usage rows in ClickHouse")
-
-
-def _rows_as_calls(rows: list[dict[str, Any]]) -> list[tuple[str, int, int, Decimal]]:
-    return sorted(
-        (r["agent"], r["prompt_tokens"], r["completion_tokens"], Decimal(r["cost_usd"])) for r in rows
+    rows_found: list[UsageRecord] = await app.settle(
+        rows, timeout=10, description=f"{count} usage rows in ClickHouse"
     )
+    return rows_found
+
+
+def _rows_as_calls(rows: list[UsageRecord]) -> list[tuple[str, int, int, Decimal]]:
+    return sorted((str(r.agent), r.prompt_tokens, r.completion_tokens, Decimal(r.cost_usd)) for r in rows)
 
 
 def _calls(calls: list[Call]) -> list[tuple[str, int, int, Decimal]]:
     return sorted((c.agent, c.prompt_tokens, c.completion_tokens, c.cost) for c in calls)
 
 
-async def _usage_api(http: httpx.AsyncClient, urls: dict[str, str], user: TestUser) -> dict[str, Any]:
+async def _usage_api(app: App, user: TestUser) -> dict[str, Any]:
     now = datetime.now(UTC)
     start = datetime(now.year, now.month, 1, tzinfo=UTC)
     end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
-    response = await http.get(
-        f"{urls['backend_url']}/api/usage",
-        params={"from": start.isoformat(), "to": end.isoformat()},
-        headers={"Authorization": f"Bearer {user.access_token}"},
-    )
-    assert response.status_code == 200, f"GET /api/usage answered {response.status_code}: {response.text}"
-    return dict(response.json())
+    answer = await app.my_usage(user, start.isoformat(), end.isoformat())
+    assert answer.status == 200, f"the usage API answered {answer.status}: {answer.text}"
+    return dict(answer.body)
 
 
-async def _invoice(
-    http: httpx.AsyncClient, urls: dict[str, str], user: TestUser, period: Any
-) -> httpx.Response:
-    return await http.post(
-        f"{urls['backend_url']}/api/billing/invoices",
-        json={"period": period},
-        headers={"Authorization": f"Bearer {user.access_token}"},
-    )
-
-
-@journey(name="Billing: usage to invoice", priority="P0", mrr=200_000, components=COMPONENTS)
-async def test_usage_becomes_an_exact_invoice(
-    page: Any,
-    ws_recorder: Any,
-    new_context: Any,
-    urls: dict[str, str],
-    users: UserFactory,
-    llm: LLMControl,
-    http: httpx.AsyncClient,
-    pg: Any,
-    ch: Any,
-    provider_name: str,
-) -> None:
+@journey(
+    name="Billing: usage to invoice",
+    priority="P0",
+    mrr=200_000,
+    components=COMPONENTS,
+    needs=["agent_routing", "tool_calls", "usage_analytics", "billing"],
+)
+async def test_usage_becomes_an_exact_invoice(app: App, page: Any, ws_recorder: Any) -> None:
     """Known turns bill exactly the derived tokens and cost, in ClickHouse, the invoice and the dashboard."""
     period = datetime.now(UTC).strftime("%Y-%m")
-    alice = await users.logged_in("billing-alice", full_name="Alice Billing")
-    bob = await users.logged_in("billing-bob", full_name="Bob Other")
+    alice = await app.users.logged_in("billing-alice", full_name="Alice Billing")
+    bob = await app.users.logged_in("billing-bob", full_name="Bob Other")
     assert alice.user_id and bob.user_id
     expected = ExpectedConversation()
     expected_bob = ExpectedConversation()
+    turns = app.turns(ws_recorder)
 
     async with step("Alice logs in through the UI and sends two general messages"):
-        dashboard = await login_through_ui(page, urls, alice, provider_name)
+        dashboard = await app.login(page, alice)
         for text in GENERAL_MESSAGES:
             reply_text, calls = expected.general_turn(text)
             reply = await dashboard.chat.ask(text)
@@ -236,144 +215,127 @@ async def test_usage_becomes_an_exact_invoice(
             assert reply.text == reply_text, (
                 f"the reply to {text!r} reads {reply.text!r}, expected {reply_text!r}"
             )
-            rid = (
-                await ws_recorder.wait_for("user_message", where={"payload.content": text}, direction="sent")
-            ).data["request_id"]
+            rid = (await turns.sent(text)).request_id
             _turn_usage_matches(
-                (await ws_recorder.wait_for("agent_completed", where={"request_id": rid})).data,
+                await turns.wait_for("completed", request_id=rid, timeout=10),
                 calls,
                 f"the reply to {text!r}",
             )
 
     async with step("Alice asks the data agent, which reads her usage so far (2 LLM calls)"):
         # get_my_usage reads ClickHouse: wait until the two turns' usage got there
-        await _usage_rows(ch, alice.user_id, len(expected.calls))
+        await _usage_rows(app, alice.user_id, len(expected.calls))
         reply_text, calls, tool_result = expected.data_turn(DATA_MESSAGE)
         reply = await dashboard.chat.ask(DATA_MESSAGE)
         assert reply.agent == "data", f"{DATA_MESSAGE!r} was answered by the {reply.agent!r} agent"
         assert TOOL in reply.tools, f"the data agent's reply lists tools {reply.tools}, expected {TOOL}"
-        rid = (
-            await ws_recorder.wait_for(
-                "user_message", where={"payload.content": DATA_MESSAGE}, direction="sent"
-            )
-        ).data["request_id"]
-        tool = await ws_recorder.wait_for("tool_completed", where={"request_id": rid})
-        assert tool.data["payload"]["result"] == tool_result, (
-            f"get_my_usage returned {tool.data['payload']['result']}, Alice's usage so far is {tool_result}"
+        rid = (await turns.sent(DATA_MESSAGE)).request_id
+        tool = await turns.wait_for("tool_result", request_id=rid, timeout=10)
+        assert tool.result == tool_result, (
+            f"get_my_usage returned {tool.result}, Alice's usage so far is {tool_result}"
         )
         assert reply.text == " ".join(reply_text.split()), (
             f"the data agent replied {reply.text!r}, expected {reply_text!r}"
         )
         _turn_usage_matches(
-            (await ws_recorder.wait_for("agent_completed", where={"request_id": rid})).data,
+            await turns.wait_for("completed", request_id=rid, timeout=10),
             calls,
             "the data agent's reply",
         )
 
     async with step("Bob chats in his own browser"):
-        bob_browser = await new_context("bob")
-        bob_dashboard = await login_through_ui(bob_browser.page, urls, bob, provider_name)
+        bob_browser = await app.page_for("bob")
+        bob_dashboard = await app.login(bob_browser.page, bob)
         bob_reply_text, _ = expected_bob.general_turn(BOB_MESSAGE)
         bob_reply = await bob_dashboard.chat.ask(BOB_MESSAGE)
         assert bob_reply.text == bob_reply_text, f"Bob got the reply {bob_reply.text!r}"
 
     async with step("ClickHouse holds exactly the derived usage: one row per LLM call, tokens and cost"):
-        alice_rows = await _usage_rows(ch, alice.user_id, len(expected.calls))
+        alice_rows = await _usage_rows(app, alice.user_id, len(expected.calls))
         assert _rows_as_calls(alice_rows) == _calls(expected.calls), (
             f"Alice's usage rows (agent, prompt, completion, cost) are {_rows_as_calls(alice_rows)}, "
             f"derived from the stand-in's rule: {_calls(expected.calls)}"
         )
-        assert sum((Decimal(r["cost_usd"]) for r in alice_rows), Decimal(0)) == expected.cost
-        bob_rows = await _usage_rows(ch, bob.user_id, len(expected_bob.calls))
+        assert sum((Decimal(r.cost_usd) for r in alice_rows), Decimal(0)) == expected.cost
+        bob_rows = await _usage_rows(app, bob.user_id, len(expected_bob.calls))
         assert _rows_as_calls(bob_rows) == _calls(expected_bob.calls), f"Bob's usage rows are {bob_rows}"
-        alice_rids = {f.data["request_id"] for f in ws_recorder.frames("user_message", direction="sent")}
-        assert {r["request_id"] for r in alice_rows} == alice_rids, (
-            "Alice is billed for requests she never sent"
-        )
-        assert not {r["request_id"] for r in bob_rows} & alice_rids, "Bob's usage carries Alice's request ids"
+        alice_rids = {e.request_id for e in turns.events("user_message", direction="sent")}
+        assert {r.request_id for r in alice_rows} == alice_rids, "Alice is billed for requests she never sent"
+        assert not {r.request_id for r in bob_rows} & alice_rids, "Bob's usage carries Alice's request ids"
 
     async with step("Failed (LLM 500) and rate-limited messages add no usage; the UI says so"):
-        usage_before = await _usage_api(http, urls, alice)
+        usage_before = await _usage_api(app, alice)
         refused: list[str] = []
 
         async def send(text: str) -> str:
             await dashboard.chat.send(text)
-            frame = await ws_recorder.wait_for(
-                "user_message", where={"payload.content": text}, direction="sent"
-            )
-            refused.append(frame.data["request_id"])
-            return str(frame.data["request_id"])
+            sent = await turns.sent(text, timeout=10)
+            refused.append(str(sent.request_id))
+            return str(sent.request_id)
 
         async with step("The LLM answers 500: the turn fails and the banner says so"):
-            await llm.set(fail_next=1, status=500)
+            await app.llm.set(fail_next=1, status=500)
             failed = await send("This message will meet a failing model")
-            error = await ws_recorder.wait_for("error", where={"request_id": failed})
-            assert error.data["payload"]["code"] == "llm_unavailable", (
-                f"the failed turn answered {error.data}"
+            error = await turns.wait_for("error", request_id=failed, timeout=10)
+            assert error.code == "llm_unavailable", (
+                f"the failed turn answered {error.code!r}: {error.message!r}"
             )
             await dashboard.wait_for_error_banner("assistant is unavailable")
 
-        async with step("Two replies in progress: a third message is rate limited"):
-            # each slow reply trickles 2 chunks 2.5 s apart, then its stream drops: Alice's 2 agent slots
-            # stay taken for ~5 s, and the turns end in llm_unavailable, never in usage
-            await llm.set(latency_ms=2500, drop_next=2)
-            burst = ["First slow message", "Second slow message", "One message too many"]
-            try:
-                # typed in one burst (Enter sends): all three reach the backend while the first two run
-                await dashboard.chat.expect_visible(
-                    dashboard.chat.send_button.and_(page.locator(":enabled")), 'an enabled "Send"'
+        if not app.supports("agent_concurrency_limit"):
+            step.not_applicable(
+                "Two replies in progress: a third message is rate limited", "lacks agent_concurrency_limit"
+            )
+        else:
+            async with step("Two replies in progress: a third message is rate limited"):
+                # each slow reply trickles 2 chunks 2.5 s apart, then its stream drops: Alice's 2 agent
+                # slots stay taken for ~5 s, and the turns end in llm_unavailable, never in usage
+                await app.llm.set(latency_ms=2500, drop_next=2)
+                burst = ["First slow message", "Second slow message", "One message too many"]
+                try:
+                    # typed in one burst (Enter sends): all three reach the backend while the first two run
+                    await dashboard.chat.type_burst(burst)
+                    sent = [await turns.sent(text, timeout=10) for text in burst]
+                    *slow, too_many = [str(event.request_id) for event in sent]
+                    refused += [*slow, too_many]
+                    limited = await turns.wait_for("rate_limited", request_id=too_many, timeout=10)
+                finally:
+                    await app.llm.reset()
+                assert limited.scope == "agent", (
+                    f"the third message was refused with scope {limited.scope!r}: {limited.frame}"
                 )
-                await dashboard.chat.input.press_sequentially("".join(f"{text}\n" for text in burst))
-                sent = [
-                    await ws_recorder.wait_for(
-                        "user_message", where={"payload.content": text}, direction="sent"
+                await dashboard.chat.message_item(request_id=too_many, role="user").wait_for_text(
+                    "rate limited", 'the refused message marked "Not sent — rate limited."'
+                )
+                # the notice hides itself after retry_after (1 s): read what it said, shown or already hidden
+                notice = await dashboard.last_rate_limit_notice()
+                assert notice.scope == "agent" and "Too many replies are in progress" in notice.text, (
+                    f"the rate-limit notice said {notice.text!r}"
+                )
+                for rid in slow:
+                    error = await turns.wait_for("error", request_id=rid, timeout=30)
+                    assert error.code == "llm_unavailable", (
+                        f"a dropped reply ended with {error.code!r}: {error.message!r}"
                     )
-                    for text in burst
-                ]
-                *slow, too_many = [str(frame.data["request_id"]) for frame in sent]
-                refused += [*slow, too_many]
-                limited = await ws_recorder.wait_for("rate_limited", where={"request_id": too_many})
-            finally:
-                await llm.reset()
-            assert limited.data["payload"]["scope"] == "agent", (
-                f"the third message was refused with {limited.data}"
-            )
-            refused_item = dashboard.chat.log.locator(f'[data-role="user"][data-request-id="{too_many}"]')
-            await dashboard.expect_visible(
-                refused_item.filter(has_text="rate limited"),
-                'the refused message marked "Not sent — rate limited."',
-            )
-            # the notice hides itself after retry_after (1 s): read what it said, shown or already hidden
-            notice = dashboard.rate_limit
-            notice_text = " ".join((await notice.text_content() or "").split())
-            assert await notice.get_attribute("data-scope") == "agent" and (
-                "Too many replies are in progress" in notice_text
-            ), f"the rate-limit notice said {notice_text!r}"
-            for rid in slow:
-                error = await ws_recorder.wait_for("error", where={"request_id": rid}, timeout=30)
-                assert error.data["payload"]["code"] == "llm_unavailable", (
-                    f"a dropped reply ended with {error.data}"
-                )
 
         for rid in refused:
-            assert await pg.backend.count("messages", "request_id = $1", rid) == 0, (
+            assert not await app.records.messages(request_id=rid), (
                 f"the refused message {rid} was stored in PostgreSQL"
             )
-            assert await pg.backend.count("usage_outbox", "request_id = $1", rid) == 0, (
-                f"the refused message {rid} queued usage for ClickHouse"
-            )
-        usage_after = await _usage_api(http, urls, alice)  # settles the outbox before reading ClickHouse
+            if app.supports("usage_outbox"):
+                assert await app.records.pending_usage(rid) == 0, (
+                    f"the refused message {rid} queued usage for ClickHouse"
+                )
+        usage_after = await _usage_api(app, alice)  # settles the outbox before reading ClickHouse
         assert usage_after == usage_before, f"Alice's usage changed from {usage_before} to {usage_after}"
-        assert len(await ch.usage_events(user_id=alice.user_id)) == len(expected.calls), (
+        assert len(await app.records.usage(user_id=alice.user_id)) == len(expected.calls), (
             "ClickHouse gained usage rows from refused messages"
         )
 
     async with step("The invoice for this month equals the derived usage to the cent"):
-        response = await _invoice(http, urls, alice, period)
-        assert response.status_code == 201, (
-            f"POST /api/billing/invoices answered {response.status_code}: {response.text}"
-        )
-        invoice = response.json()
+        response = await app.invoice(alice, period)
+        assert response.status == 201, f"generating the invoice answered {response.status}: {response.text}"
+        invoice = response.body
         total = Decimal(invoice["total_usd"])
         assert total == expected.cost, (
             f"the invoice totals {total} USD, the derived usage costs {expected.cost} USD"
@@ -393,33 +355,26 @@ async def test_usage_becomes_an_exact_invoice(
         }
         assert lines == expected.by_agent(), f"invoice lines by agent {lines}, expected {expected.by_agent()}"
         assert len(invoice["lines"]) == len(lines), f"the invoice repeats an agent: {invoice['lines']}"
-        models = {r["model"] for r in alice_rows}
+        models = {r.model for r in alice_rows}
         assert {ln["model"] for ln in invoice["lines"]} == models, (
             "invoice lines name another model than usage"
         )
-        row = await pg.backend.one(
-            "SELECT id, user_id, period, total_usd, prompt_tokens, completion_tokens FROM invoices "
-            "WHERE user_id = $1 AND period = $2",
-            alice.user_id,
-            period,
-        )
-        assert row is not None, "PostgreSQL has no invoices row for the invoice just generated"
+        stored = await app.records.invoices(alice.user_id, period)
+        row = stored[0] if stored else None
+        assert row is not None, "the billing store has no invoice for the invoice just generated"
         assert (str(row["id"]), row["total_usd"], row["prompt_tokens"], row["completion_tokens"]) == (
             invoice["id"],
             expected.cost,
             expected.prompt_tokens,
             expected.completion_tokens,
-        ), f"the invoices row {row} disagrees with the invoice {invoice['id']} / the derived usage"
-        db_lines = await pg.backend.rows(
-            "SELECT agent, prompt_tokens, completion_tokens, amount_usd FROM invoice_lines WHERE invoice_id = $1",
-            row["id"],
-        )
+        ), f"the stored invoice {row} disagrees with the invoice {invoice['id']} / the derived usage"
+        db_lines = await app.records.invoice_lines(row["id"])
         assert {
             ln["agent"]: (ln["prompt_tokens"], ln["completion_tokens"], ln["amount_usd"]) for ln in db_lines
-        } == expected.by_agent(), f"invoice_lines in PostgreSQL: {db_lines}"
+        } == expected.by_agent(), f"the stored invoice lines: {db_lines}"
 
     async with step("The dashboard's 'Usage this month' shows the same tokens and cost after a reload"):
-        dashboard = await DashboardPage(page, urls["frontend_url"], alice.full_name).reload()
+        dashboard = await app.dashboard_page(page, alice.full_name).reload()
         shown = await dashboard.wait_for_usage(expected.prompt_tokens + expected.completion_tokens)
         assert (shown.tokens, shown.cost_usd) == (
             expected.prompt_tokens + expected.completion_tokens,
@@ -430,42 +385,36 @@ async def test_usage_becomes_an_exact_invoice(
         )
 
     async with step("Regenerating the same period returns the same invoice; PostgreSQL keeps one"):
-        again = await _invoice(http, urls, alice, period)
-        assert again.status_code == 200, (
-            f"regenerating the invoice answered {again.status_code}: {again.text}"
-        )
-        assert again.json() == invoice, f"regenerating gave {again.json()}, first time {invoice}"
-        assert await pg.backend.count("invoices", "user_id = $1 AND period = $2", alice.user_id, period) == 1
-        assert await pg.backend.count("invoice_lines", "invoice_id = $1", row["id"]) == len(invoice["lines"])
+        again = await app.invoice(alice, period)
+        assert again.status == 200, f"regenerating the invoice answered {again.status}: {again.text}"
+        assert again.body == invoice, f"regenerating gave {again.body}, first time {invoice}"
+        assert len(await app.records.invoices(alice.user_id, period)) == 1
+        assert len(await app.records.invoice_lines(row["id"])) == len(invoice["lines"])
 
     async with step("Bob's usage never shows in Alice's usage or invoice"):
-        alice_usage = await _usage_api(http, urls, alice)
+        alice_usage = await _usage_api(app, alice)
         assert (alice_usage["events"], alice_usage["total_tokens"], Decimal(alice_usage["cost_usd"])) == (
             len(expected.calls),
             expected.prompt_tokens + expected.completion_tokens,
             expected.cost,
         ), f"Alice's usage API says {alice_usage}"
-        bob_usage = await _usage_api(http, urls, bob)
+        bob_usage = await _usage_api(app, bob)
         assert (bob_usage["events"], Decimal(bob_usage["cost_usd"])) == (
             len(expected_bob.calls),
             expected_bob.cost,
         ), f"Bob's usage API says {bob_usage}"
-        bob_invoice = await _invoice(http, urls, bob, period)
-        assert bob_invoice.status_code == 201, (
-            f"Bob's invoice answered {bob_invoice.status_code}: {bob_invoice.text}"
+        bob_invoice = await app.invoice(bob, period)
+        assert bob_invoice.status == 201, f"Bob's invoice answered {bob_invoice.status}: {bob_invoice.text}"
+        assert bob_invoice.body["id"] != invoice["id"], "Bob was handed Alice's invoice"
+        assert Decimal(bob_invoice.body["total_usd"]) == expected_bob.cost, (
+            f"Bob's invoice {bob_invoice.body}"
         )
-        assert bob_invoice.json()["id"] != invoice["id"], "Bob was handed Alice's invoice"
-        assert Decimal(bob_invoice.json()["total_usd"]) == expected_bob.cost, (
-            f"Bob's invoice {bob_invoice.json()}"
-        )
-        assert (await _invoice(http, urls, alice, period)).json() == invoice, "Bob's invoice changed Alice's"
+        assert (await app.invoice(alice, period)).body == invoice, "Bob's invoice changed Alice's"
 
     async with step("An invalid period is refused with 422 and stores nothing"):
         for bad in ("2026-13", "2026-1", "not-a-month", None):
-            refused_response = await _invoice(http, urls, alice, bad)
-            assert refused_response.status_code == 422, (
-                f"period {bad!r} answered {refused_response.status_code}: {refused_response.text}"
+            refused_response = await app.invoice(alice, bad)
+            assert refused_response.status == 422, (
+                f"period {bad!r} answered {refused_response.status}: {refused_response.text}"
             )
-        assert await pg.backend.count("invoices", "user_id = $1", alice.user_id) == 1, (
-            "an invalid period created an invoice"
-        )
+        assert len(await app.records.invoices(alice.user_id)) == 1, "an invalid period created an invoice"

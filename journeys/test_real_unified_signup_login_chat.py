@@ -6,11 +6,9 @@ from typing import Any
 
 import pytest
 
-from db_probes import eventually
+from harness.app import PASSWORD, App, unique_email
 from harness.journey import journey
 from harness.steps import step
-from journeys.conftest import PASSWORD, UserFactory, stored_tokens, unique_email
-from pages import Inbox, LoginPage, SignupPage
 
 COMPONENTS = [
     "frontend",
@@ -26,29 +24,27 @@ COMPONENTS = [
 ]
 
 
-@journey(name="Signup, verify, login and first chat", priority="P0", mrr=100_000, components=COMPONENTS)
-async def test_signup_verify_login_and_first_agent_reply(
-    page: Any,
-    ws_recorder: Any,
-    urls: dict[str, str],
-    inbox: Inbox,
-    pg: Any,
-    ch: Any,
-    redis: Any,
-    provider_name: str,
-) -> None:
+@journey(
+    name="Signup, verify, login and first chat",
+    priority="P0",
+    mrr=100_000,
+    components=COMPONENTS,
+    needs=["password_signup", "email_verification", "agent_routing", "streaming", "usage_analytics"],
+)
+async def test_signup_verify_login_and_first_agent_reply(app: App, page: Any, ws_recorder: Any) -> None:
     """A new person signs up in the UI, verifies by mail, logs in and gets a streamed agent reply."""
     email, name = unique_email("ada"), "Ada Lovelace"
+    turns = app.turns(ws_recorder)
 
     async with step("Sign up through the UI"):
-        signup = await SignupPage(page, urls["frontend_url"]).open()
+        signup = await app.signup_page(page).open()
         check_email = await signup.submit_expecting_check_email(name, email, PASSWORD)
         assert await check_email.address() == email, "the 'check your email' state does not name the address"
 
     async with step("Open the verification link from the mail"):
-        link = await inbox.wait_for_verification_link(email)
+        link = await app.inbox.wait_for_verification_link(email)
         await page.goto(link)
-        login = await LoginPage(page, urls["frontend_url"], provider_name).wait_until_loaded()
+        login = await app.login_page(page).wait_until_loaded()
         notice = await login.notice_message()
         assert notice and "verified" in notice.lower(), (
             f"login page shows no 'email verified' notice: {notice!r}"
@@ -64,45 +60,37 @@ async def test_signup_verify_login_and_first_agent_reply(
         reply = await dashboard.chat.ask("Hello there, what can you do?")
         assert "Stand-in reply to: Hello there, what can you do?" in reply.text
         assert reply.agent and "general" in reply.agent.lower(), f"reply names agent {reply.agent!r}"
-        completed = await ws_recorder.wait_for("agent_completed")
-        assert ws_recorder.frames("agent_stream"), "no agent_stream chunk reached the browser"
-        ws_recorder.assert_order(
-            ["connection_established", "agent_started", "agent_thinking", "agent_stream", "agent_completed"]
-        )
+        completed = await turns.wait_for("completed")
+        assert turns.events("chunk"), "no streamed chunk reached the browser"
+        turns.assert_order(["connected", "turn_started", "thinking", "chunk", "completed"])
 
     async with step("Stores agree: auth user, backend profile, one usage event, Redis session"):
-        user = await pg.auth.one(
-            "SELECT id, email, full_name, email_verified_at FROM users WHERE email = $1", email
+        user = await app.records.user(email)
+        assert user is not None, f"the identity store has no account for {email}"
+        assert user.verified, "the account is not marked verified"
+        profile_row = await app.records.profile(user.id)
+        assert profile_row is not None, "the application has no profile for the new user"
+        assert (profile_row.email, profile_row.full_name) == (email, name), (
+            "the account and the profile disagree on email/name"
         )
-        assert user is not None, f"auth.users has no row for {email}"
-        assert user["email_verified_at"] is not None, "auth.users row is not marked verified"
-        user_id = str(user["id"])
-        profile_row = await pg.backend.one(
-            "SELECT user_id, email, full_name, plan FROM profiles WHERE user_id = $1", user["id"]
-        )
-        assert profile_row is not None, "backend.profiles has no row for the new user"
-        assert (profile_row["email"], profile_row["full_name"]) == (email, name), (
-            "auth.users and backend.profiles disagree on email/name"
-        )
-        usage = completed.data["payload"]["usage"]
+        usage = completed.usage or {}
 
-        async def one_usage_event() -> list[dict[str, Any]]:
-            rows = await ch.usage_events(user_id=user_id)
+        async def one_usage_event() -> list[Any]:
+            rows = await app.records.usage(user_id=user.id)
             assert len(rows) == 1, f"expected exactly one usage event for the first turn, found {len(rows)}"
             return rows
 
-        rows = await eventually(one_usage_event, timeout=10, description="one usage event in ClickHouse")
-        assert rows[0]["prompt_tokens"] == usage["prompt_tokens"]
-        assert rows[0]["completion_tokens"] == usage["completion_tokens"]
-        assert rows[0]["request_id"] == completed.data.get("request_id"), (
+        rows = await app.settle(one_usage_event, timeout=10, description="one usage event in ClickHouse")
+        assert rows[0].prompt_tokens == usage["prompt_tokens"]
+        assert rows[0].completion_tokens == usage["completion_tokens"]
+        assert rows[0].request_id == completed.request_id, (
             "the usage row does not carry the request id of the message"
         )
-        sessions = await redis.keys("auth:session:*")
-        owned = [k for k in sessions if (await redis.key(k)).value.get("user_id") == user_id]
-        assert len(owned) == 1, f"expected one Redis session for the user, found {len(owned)}"
-        chat_session = await redis.key(f"chat:session:{user_id}")
-        assert chat_session.exists, "no chat session state in Redis after the first turn"
-        assert chat_session.value.get("active_thread_id") == completed.data["payload"]["thread_id"]
+        owned = await app.records.sessions(user_id=user.id)
+        assert len(owned) == 1, f"expected one session for the user, found {len(owned)}"
+        chat_session = await app.records.chat_state(user.id)
+        assert chat_session.exists, "no chat session state after the first turn"
+        assert chat_session.active_thread_id == completed.thread_id
 
 
 @pytest.mark.parametrize(
@@ -114,49 +102,43 @@ async def test_signup_verify_login_and_first_agent_reply(
     priority="P0",
     mrr=100_000,
     components=["frontend", "auth", "postgres", "email"],
+    needs=["password_signup"],
 )
-async def test_signup_and_login_failure_paths(
-    case: str,
-    page: Any,
-    urls: dict[str, str],
-    users: UserFactory,
-    pg: Any,
-    provider_name: str,
-) -> None:
+async def test_signup_and_login_failure_paths(case: str, app: App, page: Any) -> None:
     """Bad signups and logins get a clear message and leave no session or stray rows."""
-    frontend = urls["frontend_url"]
     if case == "duplicate email":
-        existing = await users.verified("dup")
+        existing = await app.users.verified("dup")
         async with step("Sign up again with an existing email (other case)"):
-            signup = await SignupPage(page, frontend).open()
+            signup = await app.signup_page(page).open()
             result = await signup.fill_and_submit("Someone Else", existing.email.upper(), PASSWORD)
-            assert isinstance(result, SignupPage), "a duplicate signup reached 'Check your email'"
+            assert result is signup, "a duplicate signup reached 'Check your email'"
             message = await signup.form_error() or ""
             assert "already exists" in message.lower(), f"duplicate signup shows {message!r}"
         async with step("Still exactly one account for that email"):
-            assert await pg.auth.count("users", "lower(email) = lower($1)", existing.email) == 1
+            assert await app.records.count_users(existing.email, any_case=True) == 1
     elif case == "weak password":
         email = unique_email("weak")
         async with step("Sign up with a weak password"):
-            signup = await SignupPage(page, frontend).open()
+            signup = await app.signup_page(page).open()
             result = await signup.fill_and_submit("Weak Password", email, "short")
-            assert isinstance(result, SignupPage), "a weak password reached 'Check your email'"
+            assert result is signup, "a weak password reached 'Check your email'"
             field_error = await signup.field_error("Password")
             assert field_error, "no message next to the Password field"
         async with step("No user row was created"):
-            assert await pg.auth.count("users", "email = $1", email) == 0
+            assert await app.records.count_users(email) == 0
     elif case == "wrong password":
-        user = await users.verified("wrongpw")
+        user = await app.users.verified("wrongpw")
         async with step("Log in with the wrong password"):
-            login = await LoginPage(page, frontend, provider_name).open()
+            login = await app.login_page(page).open()
             message = await login.login_expecting_error(user.email, "not-the-password-1")
             assert "wrong email or password" in message.lower(), f"wrong password shows {message!r}"
         async with step("No token was stored in the browser"):
-            assert (await stored_tokens(page))["access"] is None
+            assert (await app.tokens_in(page))["access"] is None
     else:
-        user = await users.signup("unverified")
+        app.require("email_verification")
+        user = await app.users.signup("unverified")
         async with step("Log in before verifying the email"):
-            login = await LoginPage(page, frontend, provider_name).open()
+            login = await app.login_page(page).open()
             message = await login.login_expecting_error(user.email, user.password)
             assert "verify your email" in message.lower(), f"unverified login shows {message!r}"
-            assert (await stored_tokens(page))["access"] is None
+            assert (await app.tokens_in(page))["access"] is None

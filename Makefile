@@ -13,7 +13,7 @@ E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGE
 
 bootstrap:
 	@bash scripts/bootstrap.sh
-	@if [ -n "$(TARGET)" ] && [ -x "targets/$(TARGET)/bootstrap.sh" ]; then bash "targets/$(TARGET)/bootstrap.sh"; fi
+	@if [ -n "$(TARGET)" ] && [ -x "targets/$(subst -,_,$(TARGET))/bootstrap.sh" ]; then bash "targets/$(subst -,_,$(TARGET))/bootstrap.sh"; fi
 
 test: bootstrap lint
 	@mkdir -p $(REPORTS)

@@ -405,7 +405,10 @@ class ReportPlugin:
     def _not_applicable_html(self, target: Target) -> str:
         rows = [(nid, o.reason or "") for nid, o in self.outcomes.items() if o.outcome == NOT_APPLICABLE]
         if not rows:
-            return ""
+            return (
+                f"<h3>Not applicable on {esc(target.name)}</h3><p>None: every test that ran applies to "
+                f"{esc(target.name)}.</p>"
+            )
         parts = [
             f"<h3>Not applicable on {esc(target.name)}</h3>",
             '<table class="tl-table"><tr><th>Test</th><th>Reason</th></tr>',
@@ -436,7 +439,10 @@ class ReportPlugin:
 
     def _defects_html(self, target: Target) -> str:
         if not target.defects:
-            return ""
+            return (
+                f"<h3>Defects found in {esc(target.name)}</h3><p>None registered "
+                f"({esc(str(target.folder / 'defects.toml'))}).</p>"
+            )
         parts = [
             f"<h3>Defects found in {esc(target.name)}</h3>",
             '<table class="tl-table"><tr><th>Defect</th><th>Summary</th><th>Evidence</th><th>Test</th>'

@@ -26,6 +26,7 @@ import tomllib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from harness.declaration import (
@@ -187,6 +188,7 @@ class Stack:
     urls: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    seed_data: dict[str, Any] = field(default_factory=dict)  # what the seed hook made (an admin account)
     platform_env: dict[str, str] = field(default_factory=dict)
     target: Target | None = None  # None: the reference platform
     declaration: Declaration | None = None  # None: the target's services file
@@ -364,11 +366,28 @@ class Stack:
             to_start = [n for n in self._selected if n not in self._replaced]
             for level in self._decl.levels(to_start):
                 self._start_group([self._spec(name) for name in level])
+            self._seed()
         except BaseException:
             self.stop()
             raise
         self.timings["total"] = time.monotonic() - t0
         return self
+
+    def _seed(self) -> None:
+        """The target's seed hook (its admin account, its settings) once the whole platform is up."""
+        if self.target is None or self.target.seed is None or set(self._selected) != set(self._decl.names()):
+            return
+        t0 = time.monotonic()
+        seed = self.target.seed_function()
+        try:
+            seed(self)
+        except Exception as exc:
+            raise ServiceStartError(
+                "seed",
+                f"the target's seed hook {self.target.seed} failed: {type(exc).__name__}: {exc}",
+                hint="the services started; read their log tails in the run directory's logs/",
+            ) from exc
+        self.timings["seed"] = time.monotonic() - t0
 
     def _spec(self, name: str) -> ProcessSpec:
         svc = self._decl.services[name]

@@ -58,6 +58,7 @@ class Target:
     services_file: Path | None = None  # None: external, nothing is started
     external_urls: dict[str, str] = field(default_factory=dict)  # url key -> environment variable
     knobs: dict[str, str] = field(default_factory=dict)
+    seed: str | None = None  # "module:function" called with the started Stack (admin account, settings)
 
     @property
     def is_external(self) -> bool:
@@ -77,6 +78,18 @@ class Target:
     def lacking(self, needed: tuple[str, ...] | list[str]) -> list[str]:
         return [c for c in needed if c not in self.capabilities]
 
+    def seed_function(self) -> Any:
+        """The target's seed hook (None when it has none)."""
+        if self.seed is None:
+            return None
+        module_name, _, attr = self.seed.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise TargetError(
+                f"{self.folder / 'target.toml'}: seed = {self.seed!r} cannot be loaded: {exc}"
+            ) from exc
+
     def app_class(self) -> type:
         module_name, _, attr = self.app.partition(":")
         try:
@@ -93,21 +106,36 @@ def search_path() -> list[Path]:
     return [*extra, PROJECT_TARGETS]
 
 
-def known_targets() -> list[str]:
-    names: list[str] = []
+def _declared_name(folder: Path) -> str:
+    """The `name` a target.toml declares (its folder's name when it declares none or cannot be read)."""
+    try:
+        with open(folder / "target.toml", "rb") as fh:
+            name = tomllib.load(fh).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return folder.name
+    return name if isinstance(name, str) and name else folder.name
+
+
+def _target_folders() -> list[Path]:
+    folders: list[Path] = []
     for base in search_path():
         if base.is_dir():
-            names += [p.name for p in sorted(base.iterdir()) if (p / "target.toml").is_file()]
-    return sorted(dict.fromkeys(names))
+            folders += [p for p in sorted(base.iterdir()) if (p / "target.toml").is_file()]
+    return folders
+
+
+def known_targets() -> list[str]:
+    return sorted(dict.fromkeys(_declared_name(folder) for folder in _target_folders()))
 
 
 def find_target_folder(name: str) -> Path:
+    """A target folder by path, folder name or declared name ("open-webui" lives in targets/open_webui)."""
     as_path = Path(name)
     if (as_path / "target.toml").is_file():
         return as_path.resolve()
-    for base in search_path():
-        if (base / name / "target.toml").is_file():
-            return (base / name).resolve()
+    for folder in _target_folders():
+        if name in (folder.name, _declared_name(folder)):
+            return folder.resolve()
     raise TargetError(f"unknown target {name!r}; known targets: {', '.join(known_targets()) or '(none)'}")
 
 
@@ -190,6 +218,7 @@ def load_target(name: str | None = None) -> Target:
         "extends",
         "external",
         "knobs",
+        "seed",
     }
     unknown = set(data) - known
     if unknown:
@@ -231,4 +260,5 @@ def load_target(name: str | None = None) -> Target:
         services_file=services_file,
         external_urls=dict(external),
         knobs={k: str(v) for k, v in knobs.items()},
+        seed=_str(data, "seed", path) if "seed" in data else None,
     )

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from harness.declaration import DeclarationError, load_declaration, render, template_refs
+from harness.process import ServiceStartError
 from harness.stack import (
     ALL,
     APPS,
@@ -494,3 +495,26 @@ def test_doctor_checks_what_the_targets_blocks_need(tmp_path: Path) -> None:
     assert "PostgreSQL server" not in toy.stdout and "redis-server" not in toy.stdout, toy.stdout
     reference = throughline("doctor", cwd=tmp_path)
     assert "PostgreSQL server" in reference.stdout and "python: aiosmtpd" in reference.stdout
+
+
+def test_the_seed_hook_runs_once_the_whole_target_is_ready(toy: Stack) -> None:
+    """target.toml `seed`: called with the started stack (Open WebUI makes its admin there)."""
+    assert toy.seed_data == {"a_name": "a"}
+    assert "seed" in toy.timings
+
+
+def test_a_failing_seed_fails_the_start_naming_the_hook_and_leaves_nothing(tmp_path: Path) -> None:
+    services = textwrap.dedent(
+        f"""
+        [services.a]
+        command = ["{{python}}", "{TOY / "server.py"}", "--port", "{{port}}", "--name", "a"]
+        ready = {{ http = "http://127.0.0.1:{{port}}/health" }}
+        """
+    )
+    folder = make_target(tmp_path, services, 'seed = "tests.toy_target.seed:broken"\n')
+    world = Stack.for_target(load_target(str(folder)))
+    with pytest.raises(
+        ServiceStartError, match=r"seed hook tests.toy_target.seed:broken failed: .*admin account"
+    ):
+        world.start()
+    assert not any(svc.is_running for svc in world.services.values()), "a failed seed left a service running"

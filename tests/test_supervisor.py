@@ -189,6 +189,9 @@ def test_should_leave_no_process_behind_when_pytest_is_interrupted(tmp_path: Pat
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python keeps
+        # an ignored SIGINT ignored: the child gets the default Ctrl-C, however this suite was started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert wait_until(lambda: pids_file.exists() and pids_file.read_text() != "", timeout=60), (

@@ -383,6 +383,366 @@ async def test_llm_wrong_key_is_401(llm_base: str) -> None:
     assert bad.status_code == 400
 
 
+# --------------------------------------------------------------------------- LLM: script, scope, tools
+
+
+def named_tools(*names: str) -> list[dict]:
+    return [
+        {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+        for n in names
+    ]
+
+
+async def complete(
+    h: httpx.AsyncClient,
+    base: str,
+    prompt: str,
+    *,
+    stream: bool = False,
+    tools: list[dict] | None = None,
+    system: str | None = None,
+    model: str = "standin-gpt",
+) -> httpx.Response:
+    """One raw chat completion (no retries, nothing hidden by an SDK)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    body: dict[str, Any] = {"model": model, "messages": [*messages, {"role": "user", "content": prompt}]}
+    if stream:
+        body["stream"] = True
+    if tools:
+        body["tools"] = tools
+    return await h.post(
+        f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {LLM_KEY}"}, json=body
+    )
+
+
+def sse_chunks(r: httpx.Response) -> list[dict]:
+    events = [line[len("data: ") :] for line in r.text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def streamed_text(r: httpx.Response) -> tuple[list[str], str | None]:
+    """The content deltas and the finish_reason of a streamed completion."""
+    parts, finish = [], None
+    for chunk in sse_chunks(r):
+        for choice in chunk["choices"]:
+            if choice["delta"].get("content"):
+                parts.append(choice["delta"]["content"])
+            finish = choice["finish_reason"] or finish
+    return parts, finish
+
+
+def answer_of(r: httpx.Response) -> dict:
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]
+
+
+async def test_llm_script_order_match_and_consumption(llm_base: str) -> None:
+    async with httpx.AsyncClient() as h:
+        r = await h.post(
+            f"{llm_base}/script",
+            json=[
+                {"match": {"prompt_contains": "Hello"}, "reply": {"text": "Hi from the script"}},
+                {"match": {"stream": False}, "reply": {"text": "silent pre-query"}},
+                {"match": {"has_tools": True, "model": "other-model"}, "reply": {"text": "tools here"}},
+                {"reply": {"tool_call": {"name": "web_search", "arguments": {"query": "cats"}}}},
+            ],
+        )
+        assert r.status_code == 200 and r.json()["queued"] == [0, 1, 2, 3]
+        assert [e["index"] for e in r.json()["script"]] == [0, 1, 2, 3]
+
+        # Entry 0 does not accept "Good day"; entry 1 (non-streamed) does.
+        assert answer_of(await complete(h, llm_base, "Good day"))["content"] == "silent pre-query"
+        # Streamed and saying Hello: entry 0, word by word.
+        r = await complete(h, llm_base, "Hello there", stream=True)
+        parts, finish = streamed_text(r)
+        assert parts == ["Hi ", "from ", "the ", "script"] and finish == "stop"
+        assert sse_chunks(r)[-1]["usage"]["completion_tokens"] == 4
+        # Entry 2 needs tools and model other-model: a tool-less request skips it to entry 3.
+        left = (await h.get(f"{llm_base}/script")).json()
+        assert [e["index"] for e in left] == [2, 3]
+        msg = answer_of(await complete(h, llm_base, "anything"))
+        assert msg["content"] is None and msg["tool_calls"][0]["function"] == {
+            "name": "web_search",
+            "arguments": '{"query": "cats"}',
+        }
+        assert msg["tool_calls"][0]["id"].startswith("call_")
+        r = await complete(h, llm_base, "x", tools=named_tools("a", "b"), model="other-model", stream=True)
+        assert streamed_text(r) == (["tools ", "here"], "stop")
+        assert (await h.get(f"{llm_base}/script")).json() == []
+        # Nothing queued any more: the default behaviour.
+        assert answer_of(await complete(h, llm_base, "Hello"))["content"] == "Stand-in reply to: Hello"
+        log = (await h.get(f"{llm_base}/requests")).json()
+    assert [e["matched"] for e in log] == [1, 0, 3, 2, None]
+    assert [e["outcome"] for e in log] == ["ok"] * 5
+
+
+async def test_llm_script_usage_errors_hang_and_drop(llm_base: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as h:
+        r = await h.post(
+            f"{llm_base}/script",
+            json=[
+                {"reply": {"text": "one two"}, "usage": {"prompt_tokens": 100, "completion_tokens": 7}},
+                {"reply": {"error": {"status": 429, "retry_after": 3}}},
+                {"reply": {"error": {"status": 502, "message": "bad gateway upstream"}}},
+                {"reply": {"error": {"status": 503}}},
+                {"match": {"stream": True}, "reply": {"drop": True}},
+                {"reply": {"drop": True}},
+                {"reply": {"hang": True}},
+            ],
+        )
+        assert r.status_code == 200
+        body = (await complete(h, llm_base, "hi")).json()
+        assert body["usage"] == {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107}
+        r = await complete(h, llm_base, "hi")
+        assert r.status_code == 429 and r.headers["retry-after"] == "3"
+        assert r.json()["error"]["code"] == "rate_limit_exceeded"
+        r = await complete(h, llm_base, "hi", stream=True)
+        assert r.status_code == 502 and r.json()["error"]["message"] == "bad gateway upstream"
+        r = await complete(h, llm_base, "hi")
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        # Streamed drop: a couple of chunks, then the cut.
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with h.stream(
+                "POST",
+                f"{llm_base}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {LLM_KEY}"},
+                json={"messages": [{"role": "user", "content": "a b c d e f"}], "stream": True},
+            ) as resp:
+                async for part in resp.aiter_bytes():
+                    received += part
+        assert b"chat.completion.chunk" in received and b"[DONE]" not in received
+        # Non-streamed drop: half a body, then the cut.
+        with pytest.raises(httpx.RemoteProtocolError):
+            await complete(h, llm_base, "hi")
+    with pytest.raises(openai.APITimeoutError):
+        await oai(llm_base, timeout=0.5).chat.completions.create(
+            model="standin-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    async with httpx.AsyncClient() as h:
+        log = (await h.get(f"{llm_base}/requests")).json()
+    assert [e["outcome"] for e in log] == ["ok", "fail_429", "fail_502", "fail_503", "drop", "drop", "hang"]
+    assert [e["matched"] for e in log] == list(range(7))
+
+
+async def test_llm_script_takes_precedence_over_counters(llm_base: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as h:
+        await h.post(f"{llm_base}/control", json={"fail_next": 1, "drop_next": 1, "status": 500})
+        title = {"match": {"prompt_contains": "title"}, "reply": {"text": "A title"}}
+        assert (await h.post(f"{llm_base}/script", json=title)).status_code == 200
+        assert answer_of(await complete(h, llm_base, "make a title"))["content"] == "A title"
+        control = (await h.get(f"{llm_base}/control")).json()
+        assert (control["fail_next"], control["drop_next"]) == (1, 1)  # not consumed by the script
+        # Requests no entry matches get the counters as before.
+        await h.post(
+            f"{llm_base}/script", json={"match": {"prompt_contains": "nope"}, "reply": {"text": "x"}}
+        )
+        assert (await complete(h, llm_base, "another")).status_code == 500
+        with pytest.raises(httpx.RemoteProtocolError):
+            await complete(h, llm_base, "and another", stream=True)
+        assert [e["index"] for e in (await h.get(f"{llm_base}/script")).json()] == [1]
+        log = (await h.get(f"{llm_base}/requests")).json()
+    assert [(e["matched"], e["outcome"]) for e in log] == [(0, "ok"), (None, "fail_500"), (None, "drop")]
+
+
+async def test_llm_fault_scope_spares_the_silent_pre_query(llm_base: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as h:
+        r = await h.post(f"{llm_base}/control", json={"fail_next": 1, "status": 500, "fault_scope": "stream"})
+        assert r.json()["fault_scope"] == "stream"
+        assert (await complete(h, llm_base, "pre-query")).status_code == 200
+        assert (await h.get(f"{llm_base}/control")).json()["fail_next"] == 1
+        assert (await complete(h, llm_base, "the reply", stream=True)).status_code == 500
+        assert (await complete(h, llm_base, "the reply", stream=True)).status_code == 200
+
+        await h.post(f"{llm_base}/control", json={"drop_next": 1, "fault_scope": "tools"})
+        r = await complete(h, llm_base, "title please", stream=True)
+        assert streamed_text(r)[1] == "stop"  # no tools: not in scope
+        with pytest.raises(httpx.RemoteProtocolError):
+            await complete(h, llm_base, "answer", stream=True, tools=named_tools("a", "b"))
+        assert (await h.get(f"{llm_base}/control")).json()["drop_next"] == 0
+
+        bad = await h.post(f"{llm_base}/control", json={"fault_scope": "streamed"})
+        assert bad.status_code == 400 and "fault_scope" in bad.json()["detail"]
+        reset = (await h.post(f"{llm_base}/control/reset")).json()
+        log = (await h.get(f"{llm_base}/requests")).json()
+    assert reset["fault_scope"] == "any"
+    assert [e["outcome"] for e in log] == ["ok", "fail_500", "ok", "ok", "drop"]
+
+
+async def test_llm_tool_choice_follows_the_request_tools(llm_base: str) -> None:
+    async with httpx.AsyncClient() as h:
+        # Exactly one tool: called whatever the prompt says (the data agent relies on this).
+        msg = answer_of(await complete(h, llm_base, "how much did I use", tools=TOOLS))
+        assert msg["tool_calls"][0]["function"] == {"name": "get_my_usage", "arguments": "{}"}
+        # Several tools, none named: a text answer, no call.
+        several = named_tools("search", "search_web", "get_current_timestamp", "memory_query")
+        r = await complete(h, llm_base, "Hello, who are you?", tools=several, stream=True)
+        assert streamed_text(r) == (
+            ["Stand-in ", "reply ", "to: ", "Hello, ", "who ", "are ", "you?"],
+            "stop",
+        )
+        # Several, one named (as a word, any case): that one; `search` inside search_web does not count.
+        msg = answer_of(await complete(h, llm_base, "please use Search_Web for cats", tools=several))
+        assert [c["function"]["name"] for c in msg["tool_calls"]] == ["search_web"]
+        # Several named: the earliest in the prompt.
+        r = await complete(h, llm_base, "call get_current_timestamp, then search", tools=several, stream=True)
+        heads = [
+            tc for c in sse_chunks(r) for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or []
+        ]
+        assert heads[0]["function"]["name"] == "get_current_timestamp" and heads[0]["id"].startswith("call_")
+        # A scripted tool_call overrides the rule.
+        await h.post(f"{llm_base}/script", json={"reply": {"tool_call": {"name": "memory_query"}}})
+        msg = answer_of(await complete(h, llm_base, "use search_web", tools=several))
+        assert msg["tool_calls"][0]["function"] == {"name": "memory_query", "arguments": "{}"}
+
+
+async def test_llm_request_log_fields_and_filters(llm_base: str) -> None:
+    async with httpx.AsyncClient() as h:
+        await h.post(f"{llm_base}/script", json={"match": {"stream": True}, "reply": {"text": "ok"}})
+        await complete(h, llm_base, "pre", system="You are a router.")
+        await complete(h, llm_base, "the question", stream=True, tools=named_tools("a", "b"), system="Sys")
+        await complete(h, llm_base, "title", stream=True)
+        messages = [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": [{"type": "text", "text": "second part"}]},
+        ]
+        await h.post(
+            f"{llm_base}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {LLM_KEY}", "X-Request-Id": "rid-7"},
+            json={"messages": messages},
+        )
+        log = (await h.get(f"{llm_base}/requests")).json()
+        streamed = (await h.get(f"{llm_base}/requests", params={"stream": "true"})).json()
+        unstreamed = (await h.get(f"{llm_base}/requests", params={"stream": "false"})).json()
+        with_tools = (await h.get(f"{llm_base}/requests", params={"has_tools": "true"})).json()
+        both = (await h.get(f"{llm_base}/requests", params={"stream": "true", "has_tools": "false"})).json()
+        bad = await h.get(f"{llm_base}/requests", params={"stream": "maybe"})
+        unknown = await h.get(f"{llm_base}/requests", params={"streamed": "true"})
+    assert [e["prompt"] for e in log] == ["pre", "the question", "title", "second part"]
+    assert [e["system"] for e in log] == ["You are a router.", "Sys", None, None]
+    assert [e["matched"] for e in log] == [None, 0, None, None]
+    first = log[0]
+    assert {
+        "model",
+        "messages",
+        "stream",
+        "tools",
+        "tool_names",
+        "last_role",
+        "request_id",
+        "outcome",
+    } <= set(first)
+    assert log[1]["tool_names"] == ["a", "b"] and log[1]["tools"] is True
+    assert log[3]["request_id"] == "rid-7" and log[3]["messages"] == 3
+    assert [e["prompt"] for e in streamed] == ["the question", "title"]
+    assert [e["prompt"] for e in unstreamed] == ["pre", "second part"]
+    assert [e["prompt"] for e in with_tools] == ["the question"]
+    assert [e["prompt"] for e in both] == ["title"]
+    assert bad.status_code == 400 and "stream" in bad.json()["detail"]
+    assert unknown.status_code == 400 and "streamed" in unknown.json()["detail"]
+
+
+async def test_llm_models_control(llm_base: str) -> None:
+    client = oai(llm_base)
+    async with httpx.AsyncClient() as h:
+        r = await h.post(f"{llm_base}/control", json={"models": ["gpt-4o", "llama3:8b"]})
+        assert r.status_code == 200 and r.json()["models"] == ["gpt-4o", "llama3:8b"]
+        assert [m.id for m in (await client.models.list()).data] == ["gpt-4o", "llama3:8b"]
+        for bad in ("gpt-4o", [""], [1], None):
+            refused = await h.post(f"{llm_base}/control", json={"models": bad})
+            assert refused.status_code == 400 and "models" in refused.json()["detail"], bad
+        assert (await h.post(f"{llm_base}/control/reset")).json()["models"] == ["standin-gpt"]
+    assert [m.id for m in (await client.models.list()).data] == ["standin-gpt"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ("text", "script[0]"),
+        ({"match": {}}, "script[0].reply"),
+        ({"reply": {"txt": "hi"}}, "script[0].reply"),
+        ({"reply": {"text": "a", "hang": True}}, "script[0].reply"),
+        ({"reply": {"text": 3}}, "script[0].reply.text"),
+        ({"reply": {"tool_call": {"arguments": {}}}}, "script[0].reply.tool_call.name"),
+        ({"reply": {"tool_call": {"name": "t", "arguments": [1]}}}, "script[0].reply.tool_call.arguments"),
+        ({"reply": {"error": {"status": 404}}}, "script[0].reply.error.status"),
+        ({"reply": {"error": {"status": 500, "message": 5}}}, "script[0].reply.error.message"),
+        ({"reply": {"hang": False}}, "script[0].reply.hang"),
+        ({"reply": {"drop": 1}}, "script[0].reply.drop"),
+        ({"reply": {"text": "a"}, "match": {"prompt": "x"}}, "script[0].match"),
+        ({"reply": {"text": "a"}, "match": {"stream": "yes"}}, "script[0].match.stream"),
+        ({"reply": {"text": "a"}, "match": {"has_tools": 1}}, "script[0].match.has_tools"),
+        ({"reply": {"text": "a"}, "usage": {"prompt_tokens": -1}}, "script[0].usage.prompt_tokens"),
+        ({"reply": {"text": "a"}, "usage": {"total_tokens": 3}}, "script[0].usage"),
+        ({"reply": {"text": "a"}, "when": {}}, "script[0]"),
+    ],
+)
+async def test_llm_bad_script_entry_is_400_naming_the_field(llm_base: str, entry: Any, field: str) -> None:
+    async with httpx.AsyncClient() as h:
+        r = await h.post(f"{llm_base}/script", json=[{"reply": {"text": "fine"}}, entry])
+        left = (await h.get(f"{llm_base}/script")).json()
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith(field.replace("[0]", "[1]") + " ")
+    assert left == []  # nothing of a refused POST is queued
+
+
+async def test_llm_script_clear_and_reset(llm_base: str) -> None:
+    async with httpx.AsyncClient() as h:
+        assert (await h.post(f"{llm_base}/script", content=b"{not json")).status_code == 400
+        await h.post(f"{llm_base}/script", json=[{"reply": {"text": "a"}}, {"reply": {"text": "b"}}])
+        assert (await h.delete(f"{llm_base}/script")).json() == {"deleted": 2}
+        assert (await h.get(f"{llm_base}/script")).json() == []
+        assert (await h.post(f"{llm_base}/script", json={"reply": {"text": "c"}})).json()["queued"] == [0]
+        await h.post(f"{llm_base}/control/reset")
+        assert (await h.get(f"{llm_base}/script")).json() == []
+        assert answer_of(await complete(h, llm_base, "hi"))["content"] == "Stand-in reply to: hi"
+
+
+async def test_llm_control_helpers_and_reply_builders(llm_base: str) -> None:
+    from harness.controls import LLMControl, reply
+
+    assert reply.text("hi", answering="Hello") == {
+        "match": {"prompt_contains": "Hello"},
+        "reply": {"text": "hi"},
+    }
+    assert reply.error(500, stream=True) == {"match": {"stream": True}, "reply": {"error": {"status": 500}}}
+    assert reply.tool_call("search_web", {"q": "x"})["reply"] == {
+        "tool_call": {"name": "search_web", "arguments": {"q": "x"}}
+    }
+    async with httpx.AsyncClient() as h:
+        llm = LLMControl(h, f"{llm_base}/v1")
+        indices = await llm.script(
+            reply.text("hi", answering="Hello"),
+            reply.error(500, stream=True),
+            reply.tool_call("search_web", {"q": "x"}, has_tools=True),
+            reply.hang(model="never"),
+            reply.drop(answering="never"),
+        )
+        assert indices == [0, 1, 2, 3, 4]
+        assert answer_of(await complete(h, llm_base, "Hello you"))["content"] == "hi"
+        assert (await complete(h, llm_base, "Hello again", stream=True)).status_code == 500
+        msg = answer_of(await complete(h, llm_base, "go", tools=named_tools("a", "search_web")))
+        assert msg["tool_calls"][0]["function"]["arguments"] == '{"q": "x"}'
+        assert [e["index"] for e in await llm.script_left()] == [3, 4]
+        await llm.clear_script()
+        assert await llm.script_left() == []
+        await llm.set(fault_scope="stream", fail_next=1)
+        assert (await complete(h, llm_base, "quiet")).status_code == 200
+        assert [e["matched"] for e in await llm.requests()] == [0, 1, 2, None]
+        assert [e["prompt"] for e in await llm.requests(stream=True)] == ["Hello again"]
+        assert [e["prompt"] for e in await llm.requests(has_tools=True)] == ["go"]
+        assert [e["prompt"] for e in await llm.requests(stream=False, has_tools=False)] == [
+            "Hello you",
+            "quiet",
+        ]
+        await llm.reset()
+        assert (await h.get(f"{llm_base}/control")).json()["fault_scope"] == "any"
+        with pytest.raises(AssertionError, match="refused the script"):
+            await llm.script({"reply": {"error": {"status": 418}}})
+
+
 # --------------------------------------------------------------------------- OIDC
 
 

@@ -6,6 +6,7 @@ PYTEST  := $(PY) -m pytest
 REPORTS := reports
 HEADED  ?=
 TARGET  ?=
+JOURNEYS ?= journeys
 PYTEST_ARGS ?=
 E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),)
 
@@ -21,7 +22,7 @@ test: bootstrap lint
 
 e2e: bootstrap
 	@mkdir -p $(REPORTS)
-	$(PYTEST) journeys $(E2E_FLAGS) --html=$(REPORTS)/report.html --self-contained-html \
+	$(PYTEST) $(JOURNEYS) $(E2E_FLAGS) --html=$(REPORTS)/report.html --self-contained-html \
 		--junitxml=$(REPORTS)/junit.xml $(PYTEST_ARGS)
 
 lint: bootstrap

@@ -139,8 +139,8 @@ class MessageRecord:
     agent: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    user_id: str | None = None  # whose conversation it is (filled by `Records.thread_messages`)
-    run_id: str | None = None  # the agent run that wrote a reply (filled by `Records.messages_with_runs`)
+    user_id: str | None = None  # whose conversation it is
+    run_id: str | None = None  # the agent run that wrote a reply (None for a user message)
 
 
 @dataclass(frozen=True)
@@ -654,6 +654,12 @@ class App:
     # -- a person chatting in a browser (the target answers the parts below) ---------------------
     users: Any  # the target's user factory: verified(tag), logged_in(tag), ...
     reply_timeout: float = 20.0  # how long a journey waits for one reply to finish
+    # What the target's screens say in a situation, lower case, so a journey checks the message the
+    # platform shows rather than another platform's wording: "email_taken", "bad_credentials", ...
+    ui_phrases: dict[str, str] = {}  # noqa: RUF012 - read-only class default; targets assign their own
+    # The status the sign-in API answers a wrong password with: each platform's own API contract.
+    bad_credentials_status: int = 401
+    signed_out_status: int = 204  # what the sign-out API answers a successful sign-out with
 
     async def login(self, page: Any, user: TestUser) -> Any:
         """Sign `user` in through the UI in `page`; -> the dashboard (chat) page, loaded."""
@@ -678,6 +684,10 @@ class App:
     def llm_timeout(self) -> float:
         """Seconds the platform waits for the LLM before it gives the turn up."""
         raise NotImplementedError
+
+    def tool_question(self) -> tuple[str, str]:
+        """A message the platform answers by calling a tool, and the name of that tool."""
+        raise NotApplicable(self.target.name, "tool_calls")
 
     # -- screens ---------------------------------------------------------------------------------
     inbox: Any  # the mailbox of the email stand-in (pages.Inbox), where the target sends mail

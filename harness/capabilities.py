@@ -37,6 +37,14 @@ CAPABILITIES: dict[str, str] = {
     "login_rate_limit": "failed sign-ins are limited per email",
     "session_restore": "the active conversation survives a backend restart and a reload",
     "service_control": "Throughline runs the platform's processes and can stop, kill and restart them",
+    "message_usage": "each stored reply carries the tokens its turn used, as the socket reported them",
+    "session_store": "each sign-in is a session the server stores, listable per user",
+    "socket_greeting": "the chat socket greets the browser's authenticated connection, naming its user",
+    "thinking_events": "the socket says the agent is thinking before a turn's tool calls and chunks",
+    "socket_frame_errors": "the chat socket answers a malformed or unknown frame with an error and stays open",
+    "error_codes": "a failed turn's error names its cause as a code, says if the chat can go on, and the UI words it",
+    "failed_turns_discarded": "a turn the LLM fails leaves no message in the conversation store",
+    "profile_email": "the signed-in screen shows the account's email address",
 }
 
 

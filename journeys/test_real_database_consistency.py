@@ -94,7 +94,7 @@ def _assert_usage_matches_messages(
     priority="P0",
     mrr=50_000,
     components=COMPONENTS,
-    needs=["agent_routing", "tool_calls", "usage_analytics"],
+    needs=["message_usage"],
 )
 async def test_identity_messages_usage_and_request_ids_agree_across_stores(
     app: App, page: Any, ws_recorder: Any
@@ -102,6 +102,9 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
     """Login, three chats of different intents and a failed turn: every store and the UI tell one story."""
     person = await app.users.verified("consistency", full_name="Grace Hopper")
     turns = app.turns(ws_recorder)
+    routes = app.supports("agent_routing")
+    analytics = app.supports("usage_analytics")
+    discards = app.supports("failed_turns_discarded")
 
     async with step("Log in through the UI"):
         dashboard = await app.login(page, person)
@@ -109,11 +112,12 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
     async with step("Chat: three messages of different intents are answered by the matching agents"):
         for text, agent in TURNS:
             reply = await dashboard.chat.ask(text, contains=f"Stand-in reply to: {text}")
-            assert reply.agent == agent, (
-                f"{text!r} was answered by the {reply.agent!r} agent, expected {agent!r}"
-            )
-            if agent == "data":
-                assert "get_my_usage" in reply.tools, f"the data agent's reply lists tools {reply.tools}"
+            if routes:
+                assert reply.agent == agent, (
+                    f"{text!r} was answered by the {reply.agent!r} agent, expected {agent!r}"
+                )
+                if agent == "data":
+                    assert "get_my_usage" in reply.tools, f"the data agent's reply lists tools {reply.tools}"
         sent = turns.events("user_message", direction="sent")
         assert [e.content for e in sent] == [t for t, _ in TURNS], (
             f"the browser sent {[e.content for e in sent]} over the socket"
@@ -147,16 +151,24 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
             f"the frontend believes it is {shown_user}, the stores say {identity}"
         )
         card = await dashboard.profile()
-        assert (card.full_name, card.email) == (person.full_name, person.email), (
+        shown_email = (
+            card.email if app.supports("profile_email") else person.email
+        )  # else: the screen shows none
+        assert (card.full_name, shown_email) == (person.full_name, person.email), (
             f"the profile card shows {card.full_name!r} <{card.email}>, expected {person.full_name!r} <{person.email}>"
         )
-        assert await dashboard.heading_text() == f"Welcome, {person.full_name}", (
-            f"the dashboard greets {await dashboard.heading_text()!r}"
+        assert await dashboard.shown_name() == person.full_name, (
+            f"the dashboard names the person {await dashboard.shown_name()!r}"
         )
-        hello = turns.events("connected")
-        assert hello and all(e.user_id == user_id for e in hello), (
-            "the chat socket announced another user id than the account holds"
+        token = (await app.tokens_in(page))["access"]
+        assert token and app.user_id_of(token) == user_id, (
+            f"the browser holds a token of user {app.user_id_of(token) if token else None}, the account is {user_id}"
         )
+        if app.supports("socket_greeting"):
+            hello = turns.events("connected")
+            assert hello and all(e.user_id == user_id for e in hello), (
+                "the chat socket announced another user id than the account holds"
+            )
 
     async with step("Messages: PostgreSQL holds 3 user + 3 assistant messages, as the UI shows them"):
         messages = await app.records.messages_with_runs(user_id)
@@ -185,8 +197,9 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
             assert pair["user"].content == text, f"the user message of {rid} was stored as {pair['user']!r}"
             answer, done = pair["assistant"], completed[rid]
             usage = done.usage or {}
-            assert answer.agent == agent, f"the reply to {text!r} is stored as agent {answer.agent!r}"
-            assert str(answer.run_id) == done.run_id, "the stored reply has another run id than the frame"
+            if routes:
+                assert answer.agent == agent, f"the reply to {text!r} is stored as agent {answer.agent!r}"
+                assert str(answer.run_id) == done.run_id, "the stored reply has another run id than the frame"
             assert (answer.prompt_tokens, answer.completion_tokens) == (
                 usage["prompt_tokens"],
                 usage["completion_tokens"],
@@ -203,26 +216,35 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
         shown_rids = await dashboard.chat.user_request_ids()
         assert shown_rids == list(request_agents), f"the page shows request ids {shown_rids}"
 
-    async with step(
-        "Usage: one ClickHouse row per LLM call; tokens match the messages; the request ids trail"
-    ):
-        usage_rows = await _usage_rows_settled(
-            app, user_id, list(request_agents), sum(LLM_CALLS_PER_TURN[a] for a in request_agents.values())
-        )
-        _assert_usage_matches_messages(messages, usage_rows, request_agents, user_id)
-        assert (
-            {r.request_id for r in usage_rows} == set(request_agents) == {m.request_id for m in messages}
-        ), (
-            "the request ids the browser sent, the ones in the stored messages and the ones in the usage "
-            "events are not the same set"
-        )
-        for rid, done in completed.items():
-            rows = [r for r in usage_rows if r.request_id == rid]
-            cost = sum((Decimal(r.cost_usd) for r in rows), Decimal(0))
-            told = (done.usage or {})["cost_usd"]
-            assert cost == Decimal(told), (
-                f"turn {rid} cost {cost} USD in ClickHouse, the browser was told {told}"
+    if analytics:
+        async with step(
+            "Usage: one ClickHouse row per LLM call; tokens match the messages; the request ids trail"
+        ):
+            usage_rows = await _usage_rows_settled(
+                app,
+                user_id,
+                list(request_agents),
+                sum(LLM_CALLS_PER_TURN[a] for a in request_agents.values()),
             )
+            _assert_usage_matches_messages(messages, usage_rows, request_agents, user_id)
+            assert (
+                {r.request_id for r in usage_rows} == set(request_agents) == {m.request_id for m in messages}
+            ), (
+                "the request ids the browser sent, the ones in the stored messages and the ones in the usage "
+                "events are not the same set"
+            )
+            for rid, done in completed.items():
+                rows = [r for r in usage_rows if r.request_id == rid]
+                cost = sum((Decimal(r.cost_usd) for r in rows), Decimal(0))
+                told = (done.usage or {})["cost_usd"]
+                assert cost == Decimal(told), (
+                    f"turn {rid} cost {cost} USD in ClickHouse, the browser was told {told}"
+                )
+    else:
+        step.not_applicable(
+            "Usage: one ClickHouse row per LLM call; tokens match the messages; the request ids trail",
+            "lacks usage_analytics",
+        )
 
     failing_text = "Please also tell me a short joke"
     async with step("Failure: a turn the LLM fails (500) shows the error and leaves no message or usage"):
@@ -230,9 +252,14 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
         await dashboard.chat.send(failing_text)
         failed_rid = str((await turns.sent(failing_text, timeout=10)).request_id)
         error = await turns.wait_for("error", request_id=failed_rid, timeout=10)
-        assert error.code == "llm_unavailable", f"the failed turn answered {error.code!r}: {error.message!r}"
-        banner = await dashboard.wait_for_error_banner("assistant is unavailable")
-        assert "try again" in banner.lower(), f"the error banner says {banner!r}"
+        if app.supports("error_codes"):
+            assert error.code == "llm_unavailable", (
+                f"the failed turn answered {error.code!r}: {error.message!r}"
+            )
+            banner = await dashboard.wait_for_error_banner("assistant is unavailable")
+            assert "try again" in banner.lower(), f"the error banner says {banner!r}"
+        else:  # the screen shows the error the socket reported
+            await dashboard.wait_for_error_banner(error.message or None)
         await dashboard.chat.message_item(request_id=failed_rid, role="user").wait_for_status(
             "failed", "the unanswered message to be marked failed"
         )
@@ -241,30 +268,50 @@ async def test_identity_messages_usage_and_request_ids_agree_across_stores(
     recovery_text = "Thanks, one more question please"
     async with step("The next turn succeeds; the failed one stays absent from every store"):
         reply = await dashboard.chat.ask(recovery_text, contains=f"Stand-in reply to: {recovery_text}")
-        assert reply.agent == "general", f"{recovery_text!r} was answered by the {reply.agent!r} agent"
+        if routes:
+            assert reply.agent == "general", f"{recovery_text!r} was answered by the {reply.agent!r} agent"
         await dashboard.wait_for_no_error_banner()
         recovery_rid = str((await turns.sent(recovery_text, timeout=10)).request_id)
         request_agents[recovery_rid] = "general"
-        # the recovery turn's usage reaching the usage store proves the outbox before it was flushed too
-        usage_rows = await _usage_rows_settled(
-            app, user_id, list(request_agents), sum(LLM_CALLS_PER_TURN[a] for a in request_agents.values())
-        )
+        if analytics:
+            # the recovery turn's usage reaching the usage store proves the outbox before it was flushed too
+            usage_rows = await _usage_rows_settled(
+                app,
+                user_id,
+                list(request_agents),
+                sum(LLM_CALLS_PER_TURN[a] for a in request_agents.values()),
+            )
         messages = await app.records.messages_with_runs(user_id)
+        failed = [m for m in messages if m.request_id == failed_rid]
+        kept = (
+            0 if discards else 1
+        )  # a platform that keeps a failed turn keeps its message and the error reply
         roles = Counter(m.role for m in messages)
-        assert roles == {"user": 4, "assistant": 4}, (
+        assert roles == {"user": 4 + kept, "assistant": 4 + kept}, (
             f"after a failed and a good turn PostgreSQL holds {dict(roles)}"
         )
-        assert all(m.request_id != failed_rid for m in messages), (
-            f"the failed turn {failed_rid} left a message in PostgreSQL"
-        )
+        if discards:
+            assert not failed, f"the failed turn {failed_rid} left a message in PostgreSQL"
+        else:
+            assert [m.role for m in failed] == ["user", "assistant"], (
+                f"the failed turn {failed_rid} is stored as {[m.role for m in failed]}"
+            )
+            assert [m.content for m in failed] == [failing_text, ""], (
+                f"the failed turn's stored reply holds an answer: {failed[-1].content!r}"
+            )
+            assert all(not m.prompt_tokens and not m.completion_tokens for m in failed), (
+                f"the failed turn {failed_rid} is stored with tokens: {failed}"
+            )
+            messages = [m for m in messages if m.request_id != failed_rid]
         if app.supports("usage_outbox"):
             assert await app.records.pending_usage(failed_rid) == 0, (
                 f"the failed turn {failed_rid} left a usage_outbox row"
             )
-        assert all(r.request_id != failed_rid for r in usage_rows), (
-            f"the failed turn {failed_rid} was billed in ClickHouse"
-        )
-        _assert_usage_matches_messages(messages, usage_rows, request_agents, user_id)
+        if analytics:
+            assert all(r.request_id != failed_rid for r in usage_rows), (
+                f"the failed turn {failed_rid} was billed in ClickHouse"
+            )
+            _assert_usage_matches_messages(messages, usage_rows, request_agents, user_id)
         shown = await dashboard.chat.messages()
         assert [m.role for m in shown].count("user") == 5, (
             f"the conversation on screen lost a message: {[(m.role, m.status) for m in shown]}"

@@ -224,6 +224,29 @@ class ReferenceRecords(Records):
         )
         return [ThreadRecord(str(r["id"]), str(r["user_id"]), r["title"]) for r in rows]
 
+    async def _messages(self, where: str, *args: Any) -> list[MessageRecord]:
+        """Stored messages matching `where`, oldest first, a user message before its reply."""
+        rows = await self.backend_db.rows(
+            "SELECT id, role, content, thread_id, request_id, agent, prompt_tokens, completion_tokens, "
+            f"user_id, run_id FROM messages WHERE {where} ORDER BY created_at, role DESC",
+            *args,
+        )
+        return [
+            MessageRecord(
+                str(r["id"]),
+                r["role"],
+                r["content"],
+                str(r["thread_id"]),
+                r["request_id"],
+                r["agent"],
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                str(r["user_id"]) if r["user_id"] is not None else None,
+                str(r["run_id"]) if r["run_id"] is not None else None,
+            )
+            for r in rows
+        ]
+
     async def messages(
         self,
         *,
@@ -245,24 +268,7 @@ class ReferenceRecords(Records):
         if ids is not None:
             args.append(ids)
             clauses.append(f"request_id = ANY(${len(args)}::text[])")
-        rows = await self.backend_db.rows(
-            "SELECT id, role, content, thread_id, request_id, agent, prompt_tokens, completion_tokens "
-            "FROM messages WHERE " + (" AND ".join(clauses) or "TRUE") + " ORDER BY created_at, role DESC",
-            *args,
-        )
-        return [
-            MessageRecord(
-                str(r["id"]),
-                r["role"],
-                r["content"],
-                str(r["thread_id"]),
-                r["request_id"],
-                r["agent"],
-                r["prompt_tokens"],
-                r["completion_tokens"],
-            )
-            for r in rows
-        ]
+        return await self._messages(" AND ".join(clauses) or "TRUE", *args)
 
     # -- usage -----------------------------------------------------------------------------------
     async def usage(
@@ -328,47 +334,10 @@ class ReferenceRecords(Records):
         return CounterRecord(name, key.exists, key.value, key.ttl if key.ttl >= 0 else None)
 
     async def thread_messages(self, thread_id: str) -> list[MessageRecord]:
-        rows = await self.backend_db.rows(
-            "SELECT id, role, content, thread_id, request_id, agent, prompt_tokens, completion_tokens, user_id "
-            "FROM messages WHERE thread_id = $1::uuid "
-            "ORDER BY created_at, CASE role WHEN 'user' THEN 0 ELSE 1 END",
-            thread_id,
-        )
-        return [
-            MessageRecord(
-                str(r["id"]),
-                r["role"],
-                r["content"],
-                str(r["thread_id"]),
-                r["request_id"],
-                r["agent"],
-                r["prompt_tokens"],
-                r["completion_tokens"],
-                str(r["user_id"]) if r["user_id"] is not None else None,
-            )
-            for r in rows
-        ]
+        return await self._messages("thread_id = $1::uuid", thread_id)
 
     async def user_messages(self, user_id: str) -> list[MessageRecord]:
-        rows = await self.backend_db.rows(
-            "SELECT id, role, content, thread_id, request_id, agent, prompt_tokens, completion_tokens, user_id "
-            "FROM messages WHERE user_id = $1::uuid ORDER BY created_at, role DESC",
-            user_id,
-        )
-        return [
-            MessageRecord(
-                str(r["id"]),
-                r["role"],
-                r["content"],
-                str(r["thread_id"]),
-                r["request_id"],
-                r["agent"],
-                r["prompt_tokens"],
-                r["completion_tokens"],
-                str(r["user_id"]),
-            )
-            for r in rows
-        ]
+        return await self._messages("user_id = $1::uuid", user_id)
 
     async def outbox(self, request_id: str) -> list[PendingUsageRecord]:
         rows = await self.backend_db.rows(
@@ -387,26 +356,7 @@ class ReferenceRecords(Records):
         await self.close()  # every probe opens a new connection (pool) on its next read
 
     async def messages_with_runs(self, user_id: str) -> list[MessageRecord]:
-        rows = await self.backend_db.rows(
-            "SELECT id, role, content, thread_id, request_id, agent, prompt_tokens, completion_tokens, user_id, run_id "
-            "FROM messages WHERE user_id = $1::uuid ORDER BY created_at, role DESC",
-            user_id,
-        )
-        return [
-            MessageRecord(
-                str(r["id"]),
-                r["role"],
-                r["content"],
-                str(r["thread_id"]),
-                r["request_id"],
-                r["agent"],
-                r["prompt_tokens"],
-                r["completion_tokens"],
-                str(r["user_id"]),
-                str(r["run_id"]) if r["run_id"] is not None else None,
-            )
-            for r in rows
-        ]
+        return await self._messages("user_id = $1::uuid", user_id)
 
 
 class ReferenceApp(App):
@@ -577,6 +527,17 @@ class ReferenceApp(App):
 
     # -- a person chatting in a browser ----------------------------------------------------------
     reply_timeout = REPLY_TIMEOUT_S
+    ui_phrases = {  # noqa: RUF012 - read-only
+        "email_taken": "already exists",
+        "bad_credentials": "wrong email or password",
+        "unverified": "verify your email",
+        "login_locked": "too many attempts. try again in",
+        "session_expired": "session has expired",
+    }
+
+    def tool_question(self) -> tuple[str, str]:
+        """A usage question: the supervisor routes it to the data agent, which calls get_my_usage."""
+        return "How many tokens did I use?", "get_my_usage"
 
     def is_sign_in_url(self, url: str) -> bool:
         return LoginPage.path in url

@@ -95,6 +95,13 @@ class DashboardPage(BasePage):
     async def heading_text(self) -> str | None:
         return await self.text_or_none(self.heading)
 
+    async def shown_name(self) -> str | None:
+        """The name the dashboard greets the person by ("Welcome, <name>"); the whole heading when it
+        greets otherwise, so a comparison shows what it says."""
+        text = await self.heading_text()
+        match = re.fullmatch(r"Welcome, (.+)", text or "")
+        return match.group(1) if match else text
+
     async def profile(self) -> Profile:
         """Name, email and plan as the profile card shows them."""
         card = self.profile_card

@@ -304,7 +304,10 @@ async def test_failed_logins_lock_one_email_for_its_window(app: App, page: Any) 
     async with step(f"{attempts} wrong passwords are refused as wrong"):
         for _ in range(attempts):
             wrong = await app.auth_login(erin.email, "wrong-password-9")
-            assert wrong.status == 401, f"a wrong password answered {wrong.status}: {wrong.text}"
+            assert wrong.status == app.bad_credentials_status, (
+                f"a wrong password answered {wrong.status}: {wrong.text}"
+            )
+            assert "token" not in (wrong.body or {}), f"a wrong password got a token: {wrong.text}"
 
     async with step("The next attempt, even with the right password, gets 429 with Retry-After"):
         locked = await app.auth_login(erin.email, erin.password)
@@ -323,20 +326,28 @@ async def test_failed_logins_lock_one_email_for_its_window(app: App, page: Any) 
     async with step("The login page says 'Too many attempts' and stores no token"):
         login = await app.login_page(page).open()
         message = await login.login_expecting_error(erin.email, erin.password)
-        assert message.startswith("Too many attempts. Try again in"), f"the locked login shows {message!r}"
-        assert await login.error_code() == "429", f"the alert's code is {await login.error_code()!r}"
+        assert message.lower().startswith(app.ui_phrases["login_locked"]), (
+            f"the locked login shows {message!r}"
+        )
+        if app.supports("error_codes"):
+            assert await login.error_code() == "429", f"the alert's code is {await login.error_code()!r}"
         assert (await app.tokens_in(page))["access"] is None
 
     async with step("Another email logs in at the same moment"):
         dashboard = await login.login(frank.email, frank.password)
-        assert (await dashboard.profile()).email == frank.email
+        assert await dashboard.shown_name() == frank.full_name, (
+            f"the other email reached a screen naming {await dashboard.shown_name()!r}"
+        )
+        if app.supports("profile_email"):
+            assert (await dashboard.profile()).email == frank.email
         assert not (await app.records.rate_counter("login", frank.email)).exists
 
     async with step("After the window the locked email logs in again"):
         login = await dashboard.logout()
         await expect_counter_gone(app, "login", erin.email, window)
         dashboard = await login.login(erin.email, erin.password)
-        assert await dashboard.heading_text() == f"Welcome, {erin.full_name}", (
-            f"after the window the locked email reached {await dashboard.heading_text()!r}, not the dashboard"
+        assert await dashboard.shown_name() == erin.full_name, (
+            f"after the window the locked email reached a screen naming {await dashboard.shown_name()!r}"
         )
-        assert (await dashboard.profile()).email == erin.email
+        if app.supports("profile_email"):
+            assert (await dashboard.profile()).email == erin.email

@@ -150,11 +150,13 @@ async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_reco
     user = await app.users.logged_in("wsbad")
     genuine = user.access_token
     sid = app.session_id_of(genuine)
-    refresh_in_browser = app.unknown_refresh_token()
+    has_refresh, has_session_store = app.supports("refresh_token"), app.supports("session_store")
+    refresh_in_browser = app.unknown_refresh_token() if has_refresh else None
 
     async with step("Control: the genuine token of the session opens the socket"):
         await assert_accepted(app, genuine, str(user.user_id), "the genuine access token")
-        assert (await app.records.session(sid)).exists, "login made no session in the session store"
+        if has_session_store:
+            assert (await app.records.session(sid)).exists, "login made no session in the session store"
 
     async with step(f"Craft the bad token ({case})"):
         if case == "tampered signature":
@@ -162,10 +164,14 @@ async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_reco
         elif case == "revoked by logout":
             app.require("session_revocation")
             response = await app.logout(genuine)
-            assert response.status == 204, f"logout answered {response.status}: {response.text}"
-            assert not (await app.records.session(sid)).exists, "the session is still stored after logout"
+            assert response.status == app.signed_out_status, (
+                f"logout answered {response.status}: {response.text}"
+            )
+            if has_session_store:
+                assert not (await app.records.session(sid)).exists, "the session is still stored after logout"
             bad = genuine
-            refresh_in_browser = str(user.refresh_token)  # the real one, dead with its session
+            if has_refresh:
+                refresh_in_browser = str(user.refresh_token)  # the real one, dead with its session
         else:
             app.require("token_minting")
             if case == "expired":
@@ -174,7 +180,7 @@ async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_reco
                 bad = await app.mint(genuine, aud="someone-elses-api")
             assert app.session_id_of(bad) == sid, "the crafted token must name the live session"
 
-    async with step("A raw client offering jwt.<bad token> is refused as unauthorized and gets no frame"):
+    async with step("A raw client offering the bad token is refused as unauthorized and gets no frame"):
         await assert_refused(app, bad, f"the {case} token")
 
     async with step("The browser with the bad token is sent to log in again ('session expired')"):
@@ -182,11 +188,12 @@ async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_reco
         await app.put_tokens(page, bad, refresh_in_browser)
         await app.dashboard_page(page).visit()
         await login.wait_until_loaded()
-        assert await login.error_code() == "session_expired", (
-            f"the login page shows {await login.error_message()!r} instead of the 'session expired' message"
-        )
+        if app.supports("error_codes"):
+            assert await login.error_code() == "session_expired", (
+                f"the login page shows {await login.error_message()!r} instead of the 'session expired' message"
+            )
         message = await login.error_message() or ""
-        assert "session has expired" in message.lower(), f"the login page says {message!r}"
+        assert app.ui_phrases["session_expired"] in message.lower(), f"the login page says {message!r}"
         await turns.wait_for_refusal()
         received = turns.events(direction="received")
         assert not received, f"the browser received frames on a refused socket: {[e.kind for e in received]}"
@@ -194,11 +201,14 @@ async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_reco
         assert left == {"access": None, "refresh": None}, "the bad tokens are still kept in the browser"
 
     async with step("Stores: the refusal ended no live session, the logout's stays gone"):
-        session = await app.records.session(sid)
+        session = await app.records.session(sid) if has_session_store else None
         if case == "revoked by logout":
-            assert not session.exists, "the logged-out session came back"
+            assert session is None or not session.exists, "the logged-out session came back"
+            await assert_refused(app, genuine, "the logged-out token, after the browser offered it")
         else:
-            assert session.exists, f"refusing a {case} token revoked the user's real session"
+            assert session is None or session.exists, (
+                f"refusing a {case} token revoked the user's real session"
+            )
             await assert_accepted(
                 app, genuine, str(user.user_id), "the genuine access token, after the refusal"
             )

@@ -438,27 +438,42 @@ class OpenWebUITurns(Turns):
         """A socket of this user whose session the server refused.
 
         Open WebUI closes no socket to refuse it (the module docstring) and the UI's `user-join`
-        asks no ack, so the frames alone never say so: a browser socket counts as refused when the
-        token its `user-join` offered is refused by the server when a program offers it (an empty
-        ack: the server joins such a socket to no room)."""
+        asks no ack, so the frames alone never say so. Its server joins a socket to the user's
+        room only for a good token offered in the connect (`40{"token"}`) or in `user-join`; a
+        browser socket counts as refused when every token it offered there is refused when a
+        program offers it (an empty `user-join` ack). A reload's socket that offered no token at
+        all counts too: the frontend had already dropped the refused token (its HTTP check of the
+        token raced the socket's connect), so that socket has no session either."""
         __tracebackhide__ = True
         assert self.ws_url, "these turns were made without the socket's address"
         deadline = time.monotonic() + timeout
         asked: dict[str, bool] = {}
         while True:
+            offered: dict[int, list[str]] = {}
             for frame in self.recorder.frames(direction="sent"):
                 packet = parse_packet(frame.text or "")
-                if packet is None or packet.event != "user-join" or not isinstance(packet.data, list):
+                if packet is None:
                     continue
-                payload = packet.data[1] if len(packet.data) > 1 else None
-                auth = payload.get("auth") if isinstance(payload, dict) else None
+                if packet.socketio == "connect" and isinstance(packet.data, dict):
+                    auth: Any = packet.data
+                elif packet.event == "user-join" and isinstance(packet.data, list) and len(packet.data) > 1:
+                    payload = packet.data[1]
+                    auth = payload.get("auth") if isinstance(payload, dict) else None
+                else:
+                    continue
                 token = auth.get("token") if isinstance(auth, dict) else None
-                if not isinstance(token, str):
-                    continue
-                if token not in asked:
-                    asked[token] = (await handshake(self.ws_url, token)).refused
-                if asked[token]:
-                    return next(c for c in self.recorder.connections if c.id == frame.connection)
+                if isinstance(token, str):
+                    offered.setdefault(frame.connection, []).append(token)
+            for connection, tokens in offered.items():
+                for token in tokens:
+                    if token not in asked:
+                        asked[token] = (await handshake(self.ws_url, token)).refused
+                if all(asked[t] for t in tokens):
+                    return next(c for c in self.recorder.connections if c.id == connection)
+            connected = {f.connection for f in self.recorder.frames(direction="sent")}
+            for conn in self.recorder.connections[1:]:  # a reload's socket, not the page's first
+                if conn.id in connected and conn.id not in offered:
+                    return conn
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(

@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
 # Installs Open WebUI into a venv of its own (never the project's .venv: its pins would fight ours).
-# Idempotent: a second run with everything present costs well under a second. A failed install
-# removes the half-made venv, so the next run starts clean.
+# The venv lives in the user's cache (one per version, shared by every checkout on the machine);
+# .venv-targets/open-webui links to it. Idempotent: with everything present a run costs well
+# under a second. A failed install removes the half-made venv, so the next run starts clean.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 OWUI_VERSION="${OWUI_VERSION:-0.12.4}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"   # a CPU build of exactly this one lies on disk here
-VENV="${OWUI_VENV:-.venv-targets/open-webui}"
-LOG=".venv-targets/open-webui-install.log"
+CACHE="${THROUGHLINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/throughline}"
+VENV="${OWUI_VENV:-$CACHE/venvs/open-webui-$OWUI_VERSION}"
+LINK=".venv-targets/open-webui"
+LOG="$CACHE/venvs/open-webui-$OWUI_VERSION-install.log"
 NEED_MB=4000
 say() { printf 'open-webui bootstrap: %s\n' "$*"; }
+
+link() {
+  mkdir -p "$(dirname "$LINK")"
+  if [ "$(readlink "$LINK" 2>/dev/null)" != "$VENV" ]; then
+    rm -rf "$LINK"
+    ln -s "$VENV" "$LINK"
+  fi
+}
 
 stamp="$VENV/.installed"
 want="open-webui==$OWUI_VERSION torch==$TORCH_VERSION"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/open-webui" ]; then
+  link
   exit 0
 fi
 
@@ -35,11 +47,12 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-say "installing torch==$TORCH_VERSION (CPU) then open-webui==$OWUI_VERSION into $VENV (about 2 minutes, 3 GB)"
+say "installing torch==$TORCH_VERSION (CPU) then open-webui==$OWUI_VERSION into $VENV (a few minutes, 3 GB)"
 : > "$LOG"
 python3 -m venv "$VENV" >>"$LOG" 2>&1
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" >>"$LOG" 2>&1
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "open-webui==$OWUI_VERSION" >>"$LOG" 2>&1
 "$VENV/bin/python" -m pip check >>"$LOG" 2>&1
 echo "$want" > "$stamp"
+link
 say "ready: $("$VENV/bin/python" -c 'import importlib.metadata as m; print("open-webui", m.version("open-webui"))')"

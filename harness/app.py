@@ -660,6 +660,7 @@ class App:
     # The status the sign-in API answers a wrong password with: each platform's own API contract.
     bad_credentials_status: int = 401
     signed_out_status: int = 204  # what the sign-out API answers a successful sign-out with
+    backend_service: str = "backend"  # the service `app.restart()` names to restart the chat backend
 
     async def login(self, page: Any, user: TestUser) -> Any:
         """Sign `user` in through the UI in `page`; -> the dashboard (chat) page, loaded."""

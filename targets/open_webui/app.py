@@ -113,6 +113,10 @@ def _conversation_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
+# localStorage keys Open WebUI's frontend keeps for the browser, whoever signs in: not a session's data.
+BROWSER_DISPLAY_SETTINGS = frozenset({"theme", "locale", "sidebar", "showControls"})
+
+
 class OpenWebUIUsers:
     """Fresh users through Open WebUI's own API: POST /api/v1/auths/signup, then /signin."""
 
@@ -425,7 +429,16 @@ class OpenWebUIApp(App):
             await page.context.add_cookies([{"name": "token", "value": access, "url": self.base_url}])
 
     async def stored_keys(self, page: Any) -> list[str]:
-        return list(await page.evaluate("() => Object.keys(localStorage)"))
+        """What the frontend keeps in localStorage, less the display settings Open WebUI keeps
+        per browser rather than per account (theme, language, sidebar and controls open)."""
+        kept: dict[str, str] = await page.evaluate("() => ({...localStorage})")
+        return [
+            k
+            for k, v in kept.items()
+            # redirectPath: the address a signed-out browser asked for, to open after the next
+            # sign-in; it tells of a session only when it names a conversation (/c/<chat id>).
+            if k not in BROWSER_DISPLAY_SETTINGS and not (k == "redirectPath" and not v.startswith("/c/"))
+        ]
 
     def claims_of(self, token: str) -> dict[str, Any]:
         return claims_of(token)
@@ -520,8 +533,13 @@ class OpenWebUIApp(App):
         "bad_credentials": "email or password provided is incorrect",
         "login_locked": "api rate limit exceeded",
         "session_expired": "session expired. please sign in again",
+        # OAUTH_LOGIN_FAILED: one message for a denied, a forged-state and a failed provider sign-in
+        "oauth_denied": "sign-in with your identity provider failed",
+        "oauth_state": "sign-in with your identity provider failed",
+        "oauth_failed": "sign-in with your identity provider failed",
     }
     signed_out_status = 200  # routers/auths.py signout answers a JSON body
+    backend_service = "webui"  # one process serves the API, the socket and the frontend
     bad_credentials_status = 400  # routers/auths.py: HTTPException(400, ERROR_MESSAGES.INVALID_CRED)
 
     def is_sign_in_url(self, url: str) -> bool:

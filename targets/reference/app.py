@@ -533,6 +533,9 @@ class ReferenceApp(App):
         "unverified": "verify your email",
         "login_locked": "too many attempts. try again in",
         "session_expired": "session has expired",
+        "oauth_denied": "cancelled",
+        "oauth_state": "couldn't verify",
+        "oauth_failed": "failed",
     }
 
     def tool_question(self) -> tuple[str, str]:

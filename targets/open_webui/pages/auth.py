@@ -17,6 +17,7 @@ from pages.base import DEFAULT_TIMEOUT_S, BasePage
 
 if TYPE_CHECKING:
     from targets.open_webui.pages.chat import ChatPage
+    from targets.open_webui.pages.oauth import OpenWebUIConsentPage
     from targets.open_webui.protocol import TurnRequests
 
 TARGET = "open-webui"
@@ -129,6 +130,21 @@ class SignInPage(AuthScreen):
     async def error_code(self) -> str | None:
         """Open WebUI's errors carry no machine code."""
         raise NotApplicable(TARGET, "error_codes", "its sign-in errors are toasts without a code")
+
+    @property
+    def alert(self) -> Locator:
+        """Where the sign-in screen shows an error (a provider sign-in's `/auth?error=...`): a toast."""
+        return self.error_toast
+
+    async def continue_with_provider(self, timeout: float = DEFAULT_TIMEOUT_S) -> OpenWebUIConsentPage:
+        """ "Continue with <provider>"; -> the provider's consent page, loaded."""
+        __tracebackhide__ = True
+        from targets.open_webui.pages.oauth import OpenWebUIConsentPage
+
+        await self.provider_button.click()
+        return await OpenWebUIConsentPage(
+            self.page, self.base_url, self.provider_name, self.requests
+        ).wait_until_loaded(timeout)
 
     async def go_to_signup(self) -> SignupPage:
         await self.signup_button.click()

@@ -479,6 +479,17 @@ class ChatPanel(BasePage):
             .click()
         )
 
+    async def active_thread(self, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
+        """Title of the chat the screen has open (None: a new chat). Open WebUI selects a chat by
+        its address (/c/<chat id>) and names it in the chat's top bar, its level-1 heading; the
+        Chat history sidebar may be collapsed."""
+        __tracebackhide__ = True
+        if re.search(r"/c/[^/?#]+", self.page.url) is None:
+            return None
+        title = self.page.get_by_role("heading", level=1)
+        await self.expect_visible(title, "the open chat's title in the top bar", timeout)
+        return " ".join((await title.first.inner_text()).split()) or None
+
 
 class ChatPage(BasePage):
     """The signed-in chat screen; loaded when the message input shows (the "What's New" dialog closed)."""

@@ -245,8 +245,10 @@ class TurnEvent:
     ts: float | None = None  # when the server sent it (epoch seconds, the server's clock)
 
     @property
-    def index(self) -> int:
-        return int(getattr(self.frame, "index", -1))
+    def index(self) -> float:
+        """Where the event's frame sits among the recorder's frames (a frame merged from outside the
+        socket, such as Open WebUI's HTTP turn request, sits between two: a fraction)."""
+        return float(getattr(self.frame, "index", -1))
 
 
 class Decoder:
@@ -277,7 +279,7 @@ class Turns:
     ) -> list[TurnEvent]:
         """Every decoded event so far (oldest first), filtered."""
         out: list[TurnEvent] = []
-        for frame in self.recorder.frames(direction=direction):
+        for frame in self.frames(direction):
             if after is not None and frame.index <= after.index:
                 continue
             for event in self.decoder.decode(
@@ -289,6 +291,11 @@ class Turns:
                     continue
                 out.append(event)
         return out
+
+    def frames(self, direction: Literal["sent", "received"] | None = None) -> list[Any]:
+        """The raw frames the events come from, oldest first; a target whose turns also travel
+        outside the socket (Open WebUI's user message over HTTP) adds those here."""
+        return list(self.recorder.frames(direction=direction))
 
     def kinds(self, *, request_id: str | None = None) -> list[str]:
         return [e.kind for e in self.events(request_id=request_id, direction="received")]
@@ -389,7 +396,36 @@ class Handshake:
 
 
 class SocketClient:
-    """One chat socket opened by a program, not a browser (the target's protocol over its transport)."""
+    """One chat socket opened by a program, not a browser (the target's protocol over its transport).
+
+    A subclass's reader task appends every decoded event to `received` and sets `_changed`.
+    """
+
+    received: list[TurnEvent]
+    _changed: asyncio.Event
+    _reader: asyncio.Task[None] | None
+
+    async def wait_until(
+        self, predicate: Callable[[TurnEvent], bool], what: str, timeout: float = 20.0
+    ) -> TurnEvent:
+        """The first received event (old or new) for which predicate(event) holds."""
+        __tracebackhide__ = True
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.received:
+                if predicate(event):
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self._reader is not None and self._reader.done()):
+                raise AssertionError(
+                    f"no {what} within {timeout:g} s (socket {'open' if self.is_open else 'closed'}); "
+                    f"events: {[(e.kind, e.request_id) for e in self.received][-20:]}"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
 
     async def send_message(
         self, content: str, *, request_id: str | None = None, thread_id: str | None = None

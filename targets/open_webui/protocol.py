@@ -45,7 +45,6 @@ the server drop the connection without a close frame (1006); an unknown event is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -482,32 +481,13 @@ class OpenWebUITurns(Turns):
                 )
             await self.recorder.wait_for_change(remaining)
 
-    def events(
-        self,
-        kind: str | None = None,
-        *,
-        request_id: str | None = None,
-        direction: Literal["sent", "received"] | None = None,
-        after: TurnEvent | None = None,
-    ) -> list[TurnEvent]:
-        frames: list[Any] = list(self.recorder.frames(direction=direction))
+    def frames(self, direction: Literal["sent", "received"] | None = None) -> list[Any]:
+        """The socket's frames and, as sent frames, the turn requests these pages made over HTTP."""
+        frames: list[Any] = super().frames(direction)
         if direction in (None, "sent"):
             frames += self.requests.for_recorder(self.recorder)
         frames.sort(key=lambda f: f.index)
-        bookmark = getattr(after.frame, "index", after.index) if after is not None else None
-        out: list[TurnEvent] = []
-        for frame in frames:
-            if bookmark is not None and frame.index <= bookmark:
-                continue
-            for event in self.decoder.decode(
-                frame.data if frame.data is not None else frame.text, frame.direction, frame
-            ):
-                if kind is not None and event.kind != kind:
-                    continue
-                if request_id is not None and event.request_id != request_id:
-                    continue
-                out.append(event)
-        return out
+        return frames
 
 
 # ------------------------------------------------------------------------------ a program's socket
@@ -650,24 +630,6 @@ class OpenWebUISocket(SocketClient):
             self._queue.put_nowait(None)
             raise AssertionError(f"the socket closed (code {self.close_code}) while an event was expected")
         return event
-
-    async def wait_until(self, predicate: Any, what: str, timeout: float = 20.0) -> TurnEvent:  # noqa: ASYNC109
-        """The first received event (old or new) for which predicate(event) holds."""
-        __tracebackhide__ = True
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.received:
-                if predicate(event):
-                    return event
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self._reader is not None and self._reader.done()):
-                raise AssertionError(
-                    f"no {what} within {timeout:g} s (socket {'open' if self.is_open else 'closed'}); "
-                    f"events: {[(e.kind, e.request_id) for e in self.received][-20:]}"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def wait_connected(self, timeout: float = 10.0) -> TurnEvent:  # noqa: ASYNC109
         """The user-join ack naming this socket's user (the `connected` event)."""

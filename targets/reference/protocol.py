@@ -169,27 +169,6 @@ class ReferenceSocket(SocketClient):
             raise AssertionError(f"the socket closed (code {self.close_code}) while a frame was expected")
         return event
 
-    async def wait_until(self, predicate: Any, what: str, timeout: float = 20.0) -> TurnEvent:
-        """The first received event (old or new) for which predicate(event) holds."""
-        __tracebackhide__ = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for event in self.received:
-                if predicate(event):
-                    return event
-            remaining = deadline - loop.time()
-            if remaining <= 0 or (self._reader is not None and self._reader.done()):
-                raise AssertionError(
-                    f"no {what} within {timeout:g} s (socket {'closed' if not self.is_open else 'open'}); "
-                    f"events: {[(e.kind, e.request_id) for e in self.received][-20:]}"
-                )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
-
     @property
     def is_open(self) -> bool:
         return self._conn is not None and self._conn.state.name == "OPEN"
@@ -218,8 +197,12 @@ class ReferenceSocket(SocketClient):
         __tracebackhide__ = True
         outcomes: dict[str, TurnEvent] = {}
         for number, rid in enumerate(request_ids, start=1):
+
+            def ended(event: TurnEvent, rid: str = rid) -> bool:
+                return event.request_id == rid and event.kind in TURN_ENDINGS
+
             outcomes[rid] = await self.wait_until(
-                lambda e, rid=rid: e.request_id == rid and e.kind in TURN_ENDINGS,
+                ended,
                 f"outcome for message {number} of {len(request_ids)}",
                 timeout,
             )

@@ -302,7 +302,7 @@ class Turns:
 
     async def wait_for(
         self,
-        kind: str,
+        kind: str | tuple[str, ...],
         *,
         request_id: str | None = None,
         content: str | None = None,
@@ -310,15 +310,18 @@ class Turns:
         after: TurnEvent | None = None,
         timeout: float = 20.0,
     ) -> TurnEvent:
-        """The first event of `kind` (matching the filters) that arrives within `timeout`."""
+        """The first event of `kind` (or of any of several kinds), matching the filters, that
+        arrives within `timeout`."""
         __tracebackhide__ = True
-        if kind not in TURN_KINDS:
-            raise ValueError(f"unknown turn event kind {kind!r}; known: {', '.join(TURN_KINDS)}")
+        kinds = (kind,) if isinstance(kind, str) else kind
+        unknown = [k for k in kinds if k not in TURN_KINDS]
+        if unknown:
+            raise ValueError(f"unknown turn event kind {unknown[0]!r}; known: {', '.join(TURN_KINDS)}")
         deadline = time.monotonic() + timeout
 
         def match() -> TurnEvent | None:
-            for event in self.events(kind, request_id=request_id, direction=direction, after=after):
-                if content is None or event.content == content:
+            for event in self.events(request_id=request_id, direction=direction, after=after):
+                if event.kind in kinds and (content is None or event.content == content):
                     return event
             return None
 
@@ -334,10 +337,13 @@ class Turns:
                     if v is not None
                 )
                 raise AssertionError(
-                    f"no {kind!r} turn event ({wanted or 'any'}) within {timeout:g} s; events seen: "
-                    f"{[(e.direction, e.kind) for e in self.events()][-20:]}\n{self.recorder.format_frames(15)}"
+                    f"no {' or '.join(map(repr, kinds))} turn event ({wanted or 'any'}) within {timeout:g} s; "
+                    f"events seen: {[(e.direction, e.kind) for e in self.events()][-20:]}\n"
+                    f"{self.recorder.format_frames(15)}"
                 )
-            await self.recorder.wait_for_change(remaining)
+            # Woken by the socket's frames; at least twice a second for a target's frames that
+            # travel outside it (Open WebUI's turn requests and their refusals over HTTP).
+            await self.recorder.wait_for_change(min(remaining, 0.5))
 
     async def sent(self, content: str, timeout: float = 20.0) -> TurnEvent:
         """The user message the client sent with `content` (it carries the request id)."""
@@ -533,6 +539,11 @@ class Records:
 
     async def user_messages(self, user_id: str) -> list[MessageRecord]:
         """Every stored message of one person, in any conversation, oldest first."""
+        raise NotImplementedError
+
+    async def message_errors(self, thread_id: str) -> dict[str, Any]:
+        """The error stored with each failed reply of a conversation, by request id (a platform
+        that keeps failed turns; one that discards them stores none)."""
         raise NotImplementedError
 
     async def outbox(self, request_id: str) -> list[PendingUsageRecord]:
@@ -827,6 +838,14 @@ class App:
         """One conversation's messages as the API answers `user`."""
         raise NotImplementedError
 
+    def listed_threads(self, answer: ApiAnswer) -> list[str]:
+        """The ids of the conversations in an answer of `my_threads`, in the API's order."""
+        raise NotImplementedError
+
+    def listed_messages(self, answer: ApiAnswer) -> list[str]:
+        """The texts of the messages in an answer of `thread_messages`, oldest first."""
+        raise NotImplementedError
+
     async def my_usage(self, user: TestUser, start: str, end: str) -> ApiAnswer:
         """`user`'s usage totals between two instants."""
         raise NotApplicable(self.target.name, "usage_analytics")
@@ -947,7 +966,11 @@ class ChatSession:
         # Wait on this turn's own event: the chat's reply waiter ends at any new error banner, and
         # after a fault the banner of the failed turn may still be up when the next one starts.
         completed = await self.turns.wait_for(
-            "completed", request_id=rid, timeout=self.app.reply_timeout, after=sent
+            ("completed", "error", "rate_limited"), request_id=rid, timeout=self.app.reply_timeout, after=sent
+        )
+        assert completed.kind == "completed", (
+            f"{text!r} was not answered: {completed.kind} code={completed.code!r} "
+            f"message={completed.message!r} ({completed.frame})"
         )
         reply = await self.dashboard.chat.wait_for_reply()
         content = completed.content or ""

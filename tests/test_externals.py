@@ -286,6 +286,37 @@ async def test_llm_fail_next_500_raises_then_recovers(llm_base: str) -> None:
     assert control["fail_next"] == 0
 
 
+async def test_llm_log_says_when_each_answer_finished(llm_base: str) -> None:
+    """Each logged call keeps when it arrived and when its last byte went out, so a journey can
+    prove that turns ran at the same moment; a call that failed never finished an answer."""
+    client = oai(llm_base)
+
+    async def streamed(text: str) -> None:
+        stream = await client.chat.completions.create(
+            model="standin-gpt", messages=[{"role": "user", "content": text}], stream=True
+        )
+        async for _ in stream:
+            pass
+
+    async with httpx.AsyncClient() as h:
+        (await h.post(f"{llm_base}/control", json={"latency_ms": 40})).raise_for_status()
+        await asyncio.gather(streamed("one two three"), streamed("four five six"))
+        (
+            await h.post(f"{llm_base}/control", json={"latency_ms": 0, "fail_next": 1, "status": 500})
+        ).raise_for_status()
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(
+                model="standin-gpt", messages=[{"role": "user", "content": "fails"}]
+            )
+        log = (await h.get(f"{llm_base}/requests")).json()
+    first, second, failed = log
+    for done in (first, second):
+        assert done["finished_at"] > done["received_at"], done
+    # Both streams were in flight together: each arrived before the other finished.
+    assert first["received_at"] < second["finished_at"] and second["received_at"] < first["finished_at"]
+    assert (failed["outcome"], failed["finished_at"]) == ("fail_500", None)
+
+
 async def test_llm_fail_next_429_has_retry_after(llm_base: str) -> None:
     async with httpx.AsyncClient() as h:
         await h.post(f"{llm_base}/control", json={"fail_next": 2, "status": 429, "retry_after": 7})

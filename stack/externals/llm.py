@@ -656,6 +656,7 @@ def create_app() -> FastAPI:
             "request_id": request.headers.get("x-request-id"),
             "outcome": outcome if outcome != "fail" else f"fail_{status}",
             "received_at": time.time(),
+            "finished_at": None,  # set when the whole answer has been sent (never for a fault or hang)
         }
         state.requests.append(entry)
         del state.requests[:-MAX_LOGGED_REQUESTS]
@@ -699,6 +700,7 @@ def create_app() -> FastAPI:
                 return _DroppedStream([raw[: len(raw) // 2]], latency, b"application/json")
             if latency:
                 await asyncio.sleep(latency / 1000)
+            entry["finished_at"] = time.time()
             return JSONResponse(completion_body(plan, model_name, usage))
 
         events = stream_events(plan, model_name, usage)
@@ -710,6 +712,7 @@ def create_app() -> FastAPI:
                 if latency:
                     await asyncio.sleep(latency / 1000)
                 yield event
+            entry["finished_at"] = time.time()  # the last byte of the answer went out
 
         return StreamingResponse(
             gen(),

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from harness.app import App, TestUser, TurnEvent
+from harness.app import ApiAnswer, App, TestUser, TurnEvent
 from harness.journey import journey
 from harness.plugin_browser import BrowserUser
 from harness.steps import step
@@ -52,7 +52,6 @@ def leaked_secrets(text: str, me: Chatter, crowd: list[Chatter]) -> list[str]:
     priority="P1",
     mrr=75_000,
     components=COMPONENTS,
-    needs=["usage_analytics"],
 )
 async def test_concurrent_users_see_only_their_own_conversations(app: App, data_trail: Any) -> None:
     """Five users chat at once; replies, frames, threads, usage and thread access stay per user."""
@@ -109,24 +108,25 @@ async def test_concurrent_users_see_only_their_own_conversations(app: App, data_
         replies = await asyncio.gather(
             *(chat.wait_for_reply(contains=c.secret) for chat, c in zip(chats, crowd, strict=True))
         )
-        windows: list[tuple[float, float]] = []
         for chatter in crowd:
             turns = app.turns(chatter.browser.ws)
             sent = await turns.sent(chatter.question, timeout=FRAME_WAIT_S)
             chatter.request_id = str(sent.request_id)
-            started = await turns.wait_for(
-                "turn_started", request_id=chatter.request_id, timeout=FRAME_WAIT_S
-            )
+            await turns.wait_for("turn_started", request_id=chatter.request_id, timeout=FRAME_WAIT_S)
             done = await turns.wait_for("completed", request_id=chatter.request_id, timeout=FRAME_WAIT_S)
             chatter.completed = done
-            assert started.ts is not None and done.ts is not None, (
-                f"{chatter.user.email}'s turn events carry no server time: {started.frame}, {done.frame}"
-            )
-            windows.append((started.ts, done.ts))
-        # Server-side clock: how many turns were running at the same moment.
+        # The provider's clock: the streamed calls that answered the five questions, from their
+        # arrival to their last byte; how many of them the platform had in flight at one moment.
+        questions = {c.question for c in crowd}
+        calls = [r for r in await app.llm.requests() if r["stream"] and r["prompt"] in questions]
+        assert sorted(r["prompt"] for r in calls) == sorted(questions), (
+            f"the LLM streamed {len(calls)} answers for the five questions: {[r['prompt'] for r in calls]}"
+        )
+        windows = [(float(r["received_at"]), float(r["finished_at"] or 0)) for r in calls]
+        assert all(end > start for start, end in windows), f"an answer never finished streaming: {calls}"
         peak = max(sum(1 for s, e in windows if s <= start < e) for start, _ in windows)
-        data_trail.append(("server", "turns running at the same moment (peak)", peak))
-        assert peak >= 2, f"the five turns never ran at the same time on the server (windows {windows})"
+        data_trail.append(("llm", "turns answered at the same moment (peak)", peak))
+        assert peak >= 2, f"the five turns were never in flight at the same time (LLM windows {windows})"
         for chatter, reply in zip(crowd, replies, strict=True):
             assert reply.text == f"Stand-in reply to: {chatter.question}", (
                 f"{chatter.user.email} was shown {reply.text!r} as the reply to their own message"
@@ -167,24 +167,34 @@ async def test_concurrent_users_see_only_their_own_conversations(app: App, data_
         for chatter in crowd:
             answer = await app.my_threads(chatter.user)
             assert answer.status == 200, f"listing their threads answered {answer.status}"
-            listed = [t["id"] for t in answer.body["threads"]]
+            listed = app.listed_threads(answer)
             assert listed == [chatter.thread_id], (
                 f"{chatter.user.email}'s thread list is {listed}, expected only {chatter.thread_id}"
             )
             answer = await app.thread_messages(chatter.user, chatter.thread_id)
             assert answer.status == 200, f"opening their own thread answered {answer.status}"
-            contents = [m["content"] for m in answer.body["messages"]]
+            contents = app.listed_messages(answer)
             assert contents == [chatter.question, f"Stand-in reply to: {chatter.question}"], (
                 f"{chatter.user.email}'s thread holds {contents}"
             )
 
-    async with step("PostgreSQL and ClickHouse hold exactly each user's own turn"):
+    async with step("The stores hold exactly each user's own turn, and the usage it reported"):
         for chatter in crowd:
+            assert chatter.completed is not None
+            usage = chatter.completed.usage or {}
             rows = await app.records.thread_messages(chatter.thread_id)
             assert sorted(r.role for r in rows) == ["assistant", "user"], f"thread rows {rows}"
             assert {(r.user_id, r.request_id) for r in rows} == {
                 (chatter.user.user_id, chatter.request_id)
             }, f"{chatter.user.email}'s thread holds {rows}"
+            if app.supports("message_usage"):
+                (reply,) = [r for r in rows if r.role == "assistant"]
+                assert (reply.prompt_tokens, reply.completion_tokens) == (
+                    usage["prompt_tokens"],
+                    usage["completion_tokens"],
+                ), f"{chatter.user.email}'s reply was stored with {reply}, its turn reported {usage}"
+            if not app.supports("usage_analytics"):
+                continue
 
             async def one_own_row(chatter: Chatter = chatter) -> list[Any]:
                 found = await app.records.usage(user_id=str(chatter.user.user_id))
@@ -192,8 +202,6 @@ async def test_concurrent_users_see_only_their_own_conversations(app: App, data_
                 return found
 
             (row,) = await app.settle(one_own_row, timeout=10, description="one usage row per user")
-            assert chatter.completed is not None
-            usage = chatter.completed.usage or {}
             assert (row.request_id, row.thread_id, row.run_id) == (
                 chatter.request_id,
                 chatter.thread_id,
@@ -204,17 +212,7 @@ async def test_concurrent_users_see_only_their_own_conversations(app: App, data_
                 usage["completion_tokens"],
             ), f"{chatter.user.email} was billed {row} for a turn that used {usage}"
 
-    async with step("Another user's thread is 404 through the API and refused on the socket"):
-        for me, other in zip(crowd, crowd[1:] + crowd[:1], strict=True):
-            answer = await app.thread_messages(me.user, other.thread_id)
-            assert answer.status == 404, (
-                f"{me.user.email} opened another user's thread through the API: {answer.status}"
-            )
-            assert other.secret not in answer.text, "the 404 leaked the other user's messages"
-            missing = await app.thread_messages(me.user, str(uuid.uuid4()))
-            assert (missing.status, missing.body) == (404, answer.body), (
-                "another user's thread answers differently from a thread that does not exist (existence leak)"
-            )
+    async with step("Writing into another user's thread is refused and writes nothing"):
         me, other = crowd[0], crowd[1]
         async with app.socket(me.user.access_token) as sock:
             hello = await sock.receive(FRAME_WAIT_S)
@@ -223,30 +221,83 @@ async def test_concurrent_users_see_only_their_own_conversations(app: App, data_
                 "sneaking in", request_id="write-into-other-thread", thread_id=other.thread_id
             )
             refused = await sock.receive(FRAME_WAIT_S)
-            assert (refused.kind, refused.code) == ("error", "thread_not_found"), (
-                f"writing into another user's thread was answered with {refused.kind} {refused.code!r}: {refused.frame}"
+            assert refused.kind == "error" and refused.request_id == "write-into-other-thread", (
+                f"writing into another user's thread was answered with {refused.kind}: {refused.frame}"
             )
+            if app.supports("error_codes"):
+                assert refused.code == "thread_not_found", (
+                    f"writing into another user's thread was refused with code {refused.code!r}: {refused.frame}"
+                )
         assert len(await app.records.messages(thread_id=other.thread_id)) == 2, (
             "a message was written into another user's thread"
         )
         assert len(await app.records.messages(request_id="write-into-other-thread")) == 0
 
-    async with step("Another user's thread does not open in the UI"):
+    async with step("Another user's thread is refused through the API exactly like one that does not exist"):
+        for me, other in zip(crowd, crowd[1:] + crowd[:1], strict=True):
+            await refused_like_a_missing_thread(app, me.user, other.thread_id, other.secret)
+
+    async with step("Another user's thread does not open in the UI, and the intruder is told so"):
         victim = crowd[0]
         page = intruder.page
         await app.remember_thread(page, victim.thread_id)
         intruder_dashboard = await intruder_dashboard.reload()
-        banner = await intruder_dashboard.wait_for_error_banner("That conversation could not be found")
-        assert banner, "the intruder was not told the conversation could not be found"
         messages = await intruder_dashboard.chat.messages()
         assert messages == [], f"the intruder's chat shows messages {messages}"
         assert victim.secret not in await page.content(), "the intruder's page shows the victim's words"
-        assert await app.remembered_thread(page) is None, (
-            "the intruder's browser still remembers the other user's thread"
-        )
+
+        async def forgotten() -> None:
+            assert await app.remembered_thread(page) is None, (
+                "the intruder's browser still remembers the other user's thread"
+            )
+
+        await app.settle(forgotten, timeout=10, description="the browser forgets the other user's thread")
         leaked_frames = [f for f in intruder.ws.frames() if victim.secret in (f.text or "")]
         assert not leaked_frames, f"the intruder's socket carried the victim's words: {leaked_frames}"
         state = await intruder_dashboard.frontend_state()
         assert state["activeThreadId"] is None, (
             f"the intruder's chat has thread {state['activeThreadId']} open"
+        )
+        banner = await intruder_dashboard.wait_for_error_banner(app.ui_phrases["thread_not_found"])
+        assert banner, "the intruder was not told the conversation could not be found"
+
+
+async def refused_like_a_missing_thread(app: App, me: TestUser, thread_id: str, secret: str) -> ApiAnswer:
+    """`me` asks the API for another user's thread: refused, none of its words (`secret`) in the
+    answer, and answered exactly as a thread that does not exist (no existence leak); -> the answer."""
+    __tracebackhide__ = True
+    answer = await app.thread_messages(me, thread_id)
+    assert 400 <= answer.status < 500, (
+        f"{me.email} opened another user's thread through the API: {answer.status}"
+    )
+    assert secret not in answer.text, "the refusal leaked the other user's messages"
+    missing = await app.thread_messages(me, str(uuid.uuid4()))
+    assert (missing.status, missing.body) == (answer.status, answer.body), (
+        "another user's thread answers differently from a thread that does not exist (existence leak)"
+    )
+    return answer
+
+
+@journey(
+    name="Concurrent users isolation",
+    priority="P1",
+    mrr=75_000,
+    components=["frontend", "auth", "backend", "postgres"],
+)
+async def test_another_users_conversation_answers_not_found(app: App, page: Any, ws_recorder: Any) -> None:
+    """Someone asks the API for another person's conversation: 404 Not Found, exactly as for a
+    conversation that does not exist, with nothing of it in the answer."""
+    async with step("A person has a conversation"):
+        session = await app.chat_session(page, ws_recorder, "owner")
+        secret = f"SECRETX{uuid.uuid4().hex[:8].upper()}"
+        turn = await session.complete_turn(f"Hello, please repeat my code word {secret}")
+        assert secret in turn.text, f"the reply does not repeat the code word: {turn.text!r}"
+
+    async with step("Another person's request for it is refused like a missing one"):
+        someone = await app.users.logged_in("stranger", "Sam Stranger")
+        answer = await refused_like_a_missing_thread(app, someone, turn.thread_id, secret)
+
+    async with step("Another user's thread answers 404 Not Found through the API"):
+        assert answer.status == 404, (
+            f"GET of another user's thread answered {answer.status} {answer.text[:200]!r}, not 404"
         )

@@ -25,6 +25,7 @@ from targets.open_webui.protocol import (
     encode_event,
     output_text,
     parse_packet,
+    turn_refusal_frame,
     turn_request_frame,
 )
 
@@ -318,3 +319,28 @@ def test_turns_merge_the_turn_request_before_the_socket_frames_it_caused() -> No
     assert [e.kind for e in turns.events(after=sent)] == ["turn_started"]
     assert [e.kind for e in turns.of_request(REPLY_ID)] == ["turn_started"]
     assert RequestFrame(0.5, 0.0, "u", turn_request_frame(body)).type == HTTP_TURN_MARK
+
+
+def test_a_refused_turn_request_is_the_turn_s_error_right_after_the_request() -> None:
+    """A turn refused over HTTP (a store down, another user's chat) never reaches the socket: the
+    answer is its outcome, an error naming the status and Open WebUI's `detail` (or the bare text)."""
+    recorder, page = FakeRecorder(TOOL_TURN[:1]), object()
+    recorder._pages = {id(page)}
+    requests = TurnRequests()
+    requests._by_page[id(page)] = []
+    turns = OpenWebUITurns(recorder, OpenWebUIDecoder(), requests)  # type: ignore[arg-type]
+    body = {**BROWSER_TURN_REQUEST, "id": REPLY_ID, "chat_id": "chat-1"}
+    url = "http://x/api/chat/completions"
+    requests._append(page, url, turn_request_frame(body), "sent")
+    requests._append(page, url, turn_refusal_frame(body, 503, '{"detail":"Storage is down."}'), "received")  # type: ignore[arg-type]
+    sent = turns.events("user_message", direction="sent")[0]
+    (error,) = turns.events("error", after=sent)
+    assert (error.request_id, error.thread_id, error.message) == (
+        REPLY_ID,
+        body["chat_id"],
+        "Storage is down.",
+    )
+    bare = turn_refusal_frame(body, 500, "Internal Server Error\n")
+    (plain,) = OpenWebUIDecoder().decode(bare, "received", bare)
+    assert (plain.message, bare["status"]) == ("Internal Server Error", 500)
+    assert requests.last_body(page) == body  # the refusal is no request

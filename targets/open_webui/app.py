@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -440,6 +441,15 @@ class OpenWebUIApp(App):
             if k not in BROWSER_DISPLAY_SETTINGS and not (k == "redirectPath" and not v.startswith("/c/"))
         ]
 
+    async def remembered_thread(self, page: Any) -> str | None:
+        """Open WebUI remembers the open chat in the address only (/c/<chat id>)."""
+        match = re.search(r"/c/([^/?#]+)", page.url)
+        return match.group(1) if match else None
+
+    async def remember_thread(self, page: Any, thread_id: str) -> None:
+        """Put /c/<thread_id> in the address bar without loading it (the next reload opens it)."""
+        await page.evaluate("id => history.replaceState(history.state, '', '/c/' + id)", thread_id)
+
     def claims_of(self, token: str) -> dict[str, Any]:
         return claims_of(token)
 
@@ -514,6 +524,22 @@ class OpenWebUIApp(App):
     async def thread_messages(self, user: TestUser, thread_id: str) -> ApiAnswer:
         return await self.api("GET", f"/api/v1/chats/{thread_id}", user)
 
+    def listed_threads(self, answer: ApiAnswer) -> list[str]:
+        """GET /api/v1/chats/ answers a list of {id, title, updated_at, created_at}, newest first."""
+        return [str(t["id"]) for t in answer.body]
+
+    def listed_messages(self, answer: ApiAnswer) -> list[str]:
+        """GET /api/v1/chats/{id} answers the chat with its `history`: messages by id, each naming
+        its parent, and `currentId` the newest; the conversation is the path up from `currentId`."""
+        history = (answer.body.get("chat") or {}).get("history") or {}
+        messages: dict[str, Any] = history.get("messages") or {}
+        path: list[dict[str, Any]] = []
+        current = history.get("currentId")
+        while current is not None and current in messages and len(path) <= len(messages):
+            path.append(messages[current])
+            current = messages[current].get("parentId")
+        return [_text(m.get("content")) for m in reversed(path)]
+
     # -- sockets ---------------------------------------------------------------------------------
     def socket(self, token: str) -> protocol.OpenWebUISocket:
         return protocol.OpenWebUISocket(
@@ -537,6 +563,7 @@ class OpenWebUIApp(App):
         "oauth_denied": "sign-in with your identity provider failed",
         "oauth_state": "sign-in with your identity provider failed",
         "oauth_failed": "sign-in with your identity provider failed",
+        "thread_not_found": "we could not find what you're looking for",  # ERROR_MESSAGES.NOT_FOUND
     }
     signed_out_status = 200  # routers/auths.py signout answers a JSON body
     backend_service = "webui"  # one process serves the API, the socket and the frontend
@@ -550,9 +577,14 @@ class OpenWebUIApp(App):
         return path == "/" or path.startswith("/c/")
 
     def llm_timeout(self) -> float:
-        """AIOHTTP_CLIENT_TIMEOUT as started (Open WebUI's default: 300 s)."""
+        """AIOHTTP_CLIENT_TIMEOUT as started: the cap on one LLM call, its stream included."""
         raw = self.webui_env("AIOHTTP_CLIENT_TIMEOUT")
-        return float(raw) if raw else 300.0
+        if not raw:
+            raise RuntimeError(
+                "Open WebUI was started without AIOHTTP_CLIENT_TIMEOUT: it waits for a hanging LLM "
+                "forever (targets/open_webui/services.toml sets it)"
+            )
+        return float(raw)
 
     def tool_question(self) -> tuple[str, str]:
         """A question naming Open WebUI's built-in tool get_current_timestamp (the LLM stand-in calls

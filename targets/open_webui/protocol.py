@@ -81,6 +81,7 @@ SOCKETIO_TYPES = {
 }
 CHAT_TURN_PATH = "/api/chat/completions"  # the HTTP request that starts a turn
 HTTP_TURN_MARK = f"POST {CHAT_TURN_PATH}"
+HTTP_TURN_REFUSED = f"{HTTP_TURN_MARK} refused"
 TURN_ENDINGS = ("completed", "error")  # the kinds that end a message's turn (no rate_limited here)
 QUIET_EVENT_TYPES = frozenset(
     {
@@ -176,6 +177,23 @@ def turn_request_frame(body: dict[str, Any]) -> dict[str, Any]:
     return {"http": HTTP_TURN_MARK, "body": body}
 
 
+def turn_refusal_frame(body: dict[str, Any], status: int, text: str) -> dict[str, Any]:
+    """The answer that refused a turn request (4xx/5xx), shaped as a recorded frame: the turn
+    never reached the socket, so this answer is its outcome."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    detail = answer.get("detail") if isinstance(answer, dict) else None
+    return {
+        "http": HTTP_TURN_REFUSED,
+        "status": status,
+        "request_id": body.get("id"),
+        "chat_id": body.get("chat_id"),
+        "detail": str(detail) if detail else text.strip()[:300],
+    }
+
+
 def output_text(output: Any) -> str:
     """The text of a reply's output items, joined as Open WebUI joins them (utils/misc.get_output_text)."""
     if not isinstance(output, list):
@@ -235,6 +253,16 @@ class OpenWebUIDecoder(Decoder):
         if isinstance(data, dict):
             if data.get("http") == HTTP_TURN_MARK:
                 return self._turn_request(data.get("body") or {}, source)
+            if data.get("http") == HTTP_TURN_REFUSED:
+                return [
+                    TurnEvent(
+                        "error",
+                        request_id=data.get("request_id"),
+                        thread_id=data.get("chat_id") or None,
+                        message=str(data.get("detail")),  # what its UI shows; the status stays in the frame
+                        frame=source,
+                    )
+                ]
             return []
         text = getattr(frame, "text", None) if frame is not None else None
         if not isinstance(text, str):
@@ -367,15 +395,18 @@ class RequestFrame:
 
     @property
     def type(self) -> str:
-        return HTTP_TURN_MARK
+        return str(self.data.get("http"))
 
     def preview(self, width: int = 160) -> str:
+        if self.data.get("http") == HTTP_TURN_REFUSED:
+            return f"{HTTP_TURN_REFUSED} {self.data.get('status')} {self.data.get('detail')!r}"[:width]
         shown = json.dumps(self.data.get("body", {}).get("user_message", {}).get("content"))
         return f"{HTTP_TURN_MARK} {shown}"[:width]
 
 
 class TurnRequests:
-    """The chat-turn HTTP requests of every page the adapter drives, captured from the browser."""
+    """The chat-turn HTTP requests of every page the adapter drives, captured from the browser,
+    with the answers that refused one (a turn refused over HTTP never reaches the socket)."""
 
     def __init__(self) -> None:
         self._by_page: dict[int, list[RequestFrame]] = {}
@@ -389,21 +420,42 @@ class TurnRequests:
         self._watched.add(id(page))
         self._by_page.setdefault(id(page), [])
         page.on("request", lambda request: self._on_request(page, request))
+        page.on("response", lambda response: self._on_response(page, response))
 
-    def _on_request(self, page: Any, request: Any) -> None:
+    @staticmethod
+    def _turn_body(request: Any) -> dict[str, Any] | None:
         if request.method != "POST" or not request.url.split("?")[0].endswith(CHAT_TURN_PATH):
-            return
+            return None
         try:
             body = request.post_data_json
         except Exception:  # noqa: BLE001 - a body that is not JSON is no turn
-            return
-        if not isinstance(body, dict):
-            return
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _append(
+        self, page: Any, url: str, data: dict[str, Any], direction: Literal["sent", "received"]
+    ) -> None:
         recorder = next((r for r in self._recorders.values() if id(page) in _pages_of(r)), None)
         last = recorder.frames()[-1].index if recorder is not None and recorder.frames() else -1
-        self._by_page[id(page)].append(
-            RequestFrame(last + 0.5, time.monotonic(), request.url, turn_request_frame(body))
-        )
+        index, kept = last + 0.5, self._by_page[id(page)]
+        if kept and index <= kept[-1].index:  # no socket frame since the last one: just after it
+            index = kept[-1].index + 0.001
+        kept.append(RequestFrame(index, time.monotonic(), url, data, direction))
+
+    def _on_request(self, page: Any, request: Any) -> None:
+        body = self._turn_body(request)
+        if body is not None:
+            self._append(page, request.url, turn_request_frame(body), "sent")
+
+    async def _on_response(self, page: Any, response: Any) -> None:
+        body = self._turn_body(response.request)
+        if body is None or response.status < 400:
+            return
+        try:
+            text = await response.text()
+        except Exception:  # noqa: BLE001 - the page went away; the status still tells
+            text = response.status_text or ""
+        self._append(page, response.url, turn_refusal_frame(body, response.status, text), "received")
 
     def for_recorder(self, recorder: WsRecorder) -> list[RequestFrame]:
         """The requests of the pages `recorder` records."""
@@ -413,7 +465,7 @@ class TurnRequests:
 
     def last_body(self, page: Any) -> dict[str, Any] | None:
         """The body of the last turn request `page` sent."""
-        frames = self._by_page.get(id(page)) or []
+        frames = [f for f in self._by_page.get(id(page)) or [] if f.direction == "sent"]
         return frames[-1].data["body"] if frames else None
 
 
@@ -482,10 +534,10 @@ class OpenWebUITurns(Turns):
             await self.recorder.wait_for_change(remaining)
 
     def frames(self, direction: Literal["sent", "received"] | None = None) -> list[Any]:
-        """The socket's frames and, as sent frames, the turn requests these pages made over HTTP."""
+        """The socket's frames and the turn requests these pages made over HTTP (sent), with the
+        answers that refused one (received)."""
         frames: list[Any] = super().frames(direction)
-        if direction in (None, "sent"):
-            frames += self.requests.for_recorder(self.recorder)
+        frames += [f for f in self.requests.for_recorder(self.recorder) if direction in (None, f.direction)]
         frames.sort(key=lambda f: f.index)
         return frames
 
@@ -602,6 +654,15 @@ class OpenWebUISocket(SocketClient):
         response = await self.http.post(
             f"{self.base_url}{CHAT_TURN_PATH}", json=body, headers={"Authorization": f"Bearer {self.token}"}
         )
+        if response.status_code >= 400:
+            # Refused before it started (another user's chat, a store down): the turn never
+            # reaches the socket, and that answer is its outcome, an error event.
+            answer = turn_refusal_frame(body, response.status_code, response.text)
+            for refused in self.decoder.decode(answer, "received", answer):
+                self.received.append(refused)
+                self._queue.put_nowait(refused)
+            self._changed.set()
+            return reply_id
         assert response.status_code == 200, (
             f"{HTTP_TURN_MARK} answered {response.status_code}: {response.text[:300]}"
         )

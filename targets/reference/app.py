@@ -483,6 +483,12 @@ class ReferenceApp(App):
     async def thread_messages(self, user: TestUser, thread_id: str) -> ApiAnswer:
         return await self.api("GET", f"/api/threads/{thread_id}/messages", user)
 
+    def listed_threads(self, answer: ApiAnswer) -> list[str]:
+        return [str(t["id"]) for t in answer.body["threads"]]
+
+    def listed_messages(self, answer: ApiAnswer) -> list[str]:
+        return [str(m["content"]) for m in answer.body["messages"]]
+
     async def my_usage(self, user: TestUser, start: str, end: str) -> ApiAnswer:
         return await self.api("GET", "/api/usage", user, params={"from": start, "to": end})
 
@@ -536,6 +542,7 @@ class ReferenceApp(App):
         "oauth_denied": "cancelled",
         "oauth_state": "couldn't verify",
         "oauth_failed": "failed",
+        "thread_not_found": "that conversation could not be found",
     }
 
     def tool_question(self) -> tuple[str, str]:

@@ -303,10 +303,21 @@ class ChatPanel(BasePage):
     async def submit(self, text: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         """Type `text` and press "Send message", waiting for nothing after."""
         __tracebackhide__ = True
+        await self.type_message(text, timeout)
+        await self.press_send(timeout)
+
+    async def type_message(self, text: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Type `text` into the message input without sending (press_send() sends it): many
+        people's Sends can then be pressed at the same moment; wait_for_reply() waits for its reply."""
+        __tracebackhide__ = True
         await self.expect_visible(self.input, "the message input", timeout)
         self._sent_text = " ".join(text.split())
         self._toasts_at_send = [" ".join(t.split()) for t in await self.error_toast.all_inner_texts()]
         await self.input.fill(text)
+
+    async def press_send(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Press "Send message" (after type_message(); the button shows only while there is text)."""
+        __tracebackhide__ = True
         await self.expect_visible(self.send_button, 'the "Send message" button', timeout)
         await self.send_button.click()
 

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from harness.capabilities import not_applicable_reason_of
+from harness.detection import CAUGHT, ProveRun
 from harness.journey import COMPONENTS, PRIORITIES, JourneyInfo
 from harness.redact import redact, redact_value
 from harness.target import Defect, Target
@@ -398,6 +399,7 @@ class ReportPlugin:
         if target is not None:
             parts.append(self._not_applicable_html(target))
             parts.append(self._defects_html(target))
+        parts.append(detection_placeholder())
         parts.append(self._environment_html())
         parts.append("</div>")
         return "".join(parts)
@@ -486,6 +488,70 @@ class ReportPlugin:
             parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items()]
             parts.append("</table>")
         return "".join(parts)
+
+
+# -- Detection: what `throughline prove` showed the journeys catch (harness/prove.py) ---------------
+DETECTION_START, DETECTION_END = "<!--tl-detection-->", "<!--/tl-detection-->"
+
+
+def detection_placeholder() -> str:
+    """The Detection section of a journeys-only run; `throughline prove` replaces it with its findings."""
+    return (
+        f"{DETECTION_START}<h3>Detection</h3><p>Not measured in this run: <code>throughline prove</code> "
+        "breaks the platform on purpose, one defect drill at a time, and fills this section with the "
+        f"journeys and steps that caught each.</p>{DETECTION_END}"
+    )
+
+
+def replace_detection(document: str, section: str) -> str:
+    """The report with its Detection section replaced (the first one; a report has one)."""
+    start = document.index(DETECTION_START)
+    end = document.index(DETECTION_END, start) + len(DETECTION_END)
+    return document[:start] + section + document[end:]
+
+
+def detection_html(run: ProveRun) -> str:
+    """The Detection section: the verdict, the drill x journey matrix, each caught drill's failing step."""
+    names = run.journey_names()
+    ok = run.ok
+    parts = [
+        DETECTION_START,
+        _SUMMARY_CSS,
+        f"<h3>Detection on {esc(run.target)}</h3>",
+        f'<p class="tl-verdict {"tl-green" if ok else "tl-red"}"><b>{"PROVEN" if ok else "NOT PROVEN"}</b>: '
+        f"{esc(run.verdict())}. Wall time {run.wall_seconds:.0f} s (baseline {run.baseline_seconds:.0f} s)"
+        f"{esc('; only ' + ', '.join(run.only)) if run.only else ''}.</p>",
+        "<p>Each drill is one realistic defect patched into a scratch copy of the platform; the journeys "
+        "that declare it run against that copy and the first failure counts. A drill that stops the "
+        "platform from starting, or that also breaks a control journey not declaring it, is too coarse, "
+        "not caught.</p>",
+    ]
+    if run.undeclared:
+        parts.append(f"<p>Journey tests declaring no drill: {esc(', '.join(run.undeclared))}.</p>")
+    head = "".join(f"<th title='{esc(n)}'>J{i}</th>" for i, n in enumerate(names, 1))
+    parts.append(
+        f'<table class="tl-table"><tr><th>Drill</th><th>What breaks for a user</th>{head}<th>Result</th>'
+        "<th>Caught by</th><th>Failing step</th><th>Time</th></tr>"
+    )
+    for result in run.results:
+        cells = run.cells(result)
+        row = "".join(f"<td>{esc(cells[n])}</td>" for n in names)
+        css = "tl-passed" if result.status == CAUGHT else "tl-failed"
+        step = result.step or ("outside any step" if result.status == CAUGHT else "")
+        error = f"<br><small>{esc(result.error)}</small>" if result.error else ""
+        parts.append(
+            f"<tr class='{css}'><td>{esc(result.drill)}</td><td>{esc(result.breaks)}</td>{row}"
+            f"<td>{esc(result.status)}{': ' + esc(result.detail) if result.detail else ''}</td>"
+            f"<td>{esc(result.caught_by or '')}</td><td>{esc(step)}{error}</td><td>{result.seconds:.0f} s</td></tr>"
+        )
+    parts.append("</table>")
+    parts.append(
+        "<p>" + "; ".join(f"J{i} = {esc(n)}" for i, n in enumerate(names, 1)) + ". CAUGHT: its test failed "
+        "first; pass: declared and passed; -: declared, not reached (stopped at the first failure); "
+        "ctl: the control journey (not declaring the drill) ran first and passed.</p>"
+    )
+    parts.append(DETECTION_END)
+    return "".join(parts)
 
 
 def html_extra(config: pytest.Config, content: str) -> dict[str, Any] | None:

@@ -53,6 +53,7 @@ def leaked_secrets(text: str, me: Chatter, crowd: list[Chatter]) -> list[str]:
     mrr=75_000,
     components=COMPONENTS,
     needs=["usage_analytics"],
+    drills=["threads-list-unscoped", "socket-writes-into-foreign-thread", "foreign-thread-403"],
 )
 async def test_concurrent_users_see_only_their_own_conversations(app: App, data_trail: Any) -> None:
     """Five users chat at once; replies, frames, threads, usage and thread access stay per user."""

@@ -135,6 +135,7 @@ async def assert_turn_pg_only(app: App, turn: CompletedTurn) -> None:
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
     needs=["usage_analytics"],
+    drills=["llm-error-reported-as-internal"],
 )
 async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any
@@ -199,6 +200,7 @@ async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
     needs=["usage_analytics"],
+    drills=["llm-read-timeout-dropped"],
 )
 async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any
@@ -262,6 +264,7 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
     needs=["service_control", "usage_analytics", "session_restore"],
+    drills=["redis-outage-reported-as-internal"],
 )
 async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any
@@ -346,6 +349,7 @@ async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "clickhouse", "postgres", "redis"],
     needs=["service_control", "usage_analytics", "usage_outbox", "agent_routing", "tool_calls"],
+    drills=["usage-tool-assumes-analytics-up"],
 )
 async def test_clickhouse_outage_delays_usage_but_loses_none(app: App, page: Any, ws_recorder: Any) -> None:
     """ClickHouse (usage analytics) stops while the person asks about their usage.
@@ -407,6 +411,7 @@ async def test_clickhouse_outage_delays_usage_but_loses_none(app: App, page: Any
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
     needs=["service_control", "usage_analytics", "streaming", "session_restore"],
+    drills=["greeting-forgets-thread"],
 )
 async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     app: App, page: Any, ws_recorder: Any
@@ -498,6 +503,7 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "redis", "clickhouse"],
     needs=["service_control", "usage_analytics"],
+    drills=["postgres-outage-reported-as-internal"],
 )
 async def test_postgres_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any

@@ -230,13 +230,17 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)  # progress lines appear as each drill ends, also when piped to a file
+
+
 def prove(
     target: Target,
     *,
     only: list[str],
     report_path: Path,
     log_dir: Path,
-    say: Any = print,
+    say: Any = _say,
 ) -> ProveRun:
     """The whole prove run (see the module docstring); raises ProveError on bad input."""
     t0 = time.monotonic()

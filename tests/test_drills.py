@@ -364,3 +364,33 @@ def test_nothing_should_be_claimed_when_the_baseline_fails() -> None:
     assert not run.ok and run.verdict().startswith("nothing is claimed")
     round_trip = ProveRun.from_mapping(__import__("json").loads(run.to_json()))
     assert round_trip.results[0].step == "step 3/3 'Stores'" and round_trip.baseline == run.baseline
+
+
+def test_an_installed_package_should_be_drilled_in_a_copy_first_on_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    (site / "toypkg").mkdir(parents=True)
+    (site / "toypkg" / "__init__.py").write_text("LIMIT = 5\n")
+    monkeypatch.syspath_prepend(str(site))
+    drills = load_drills(
+        write(
+            tmp_path,
+            """
+            package = "toypkg"
+            [[drill]]
+            name = "limit-off-by-one"
+            breaks = "one more attempt than allowed"
+            file = "toypkg/__init__.py"
+            find = "LIMIT = 5"
+            replace = "LIMIT = 6"
+            """,
+        )
+    )
+    assert drills.original_root() == site.resolve() and drills.top == "toypkg"
+    with scratch_copy(drills, drills.drills[0]) as root:
+        assert (root / "toypkg" / "__init__.py").read_text() == "LIMIT = 6\n"
+    assert (site / "toypkg" / "__init__.py").read_text() == "LIMIT = 5\n", "the installed package was edited"
+    missing = load_drills(write(tmp_path, (tmp_path / "drills.toml").read_text().replace("toypkg", "nopkg")))
+    with pytest.raises(DrillError, match="package 'nopkg' is not installed"):
+        missing.original_root()

@@ -25,6 +25,7 @@ STATUSES = (CAUGHT, SURVIVED, TOO_COARSE, TIMED_OUT, UNGUARDED, ERROR, NOT_RUN)
 # Matrix cells: what one journey did under one drill.
 CELL_CAUGHT, CELL_PASSED, CELL_NOT_REACHED, CELL_UNDECLARED = "CAUGHT", "pass", "-", ""
 CELL_CONTROL = "ctl"  # the control journey (not declaring the drill) ran first and passed
+CELL_CONTROL_FAILED = "ctl!"  # ... and failed: the drill is too coarse
 
 
 @dataclass
@@ -95,8 +96,9 @@ class ProveRun:
         """Journey name -> matrix cell for one drill."""
         cells = {name: CELL_UNDECLARED for name in self.journey_names()}
         control = self.journeys.get(result.control or "")
-        if control is not None and result.outcomes.get(result.control or "") == "passed":
-            cells[control] = CELL_CONTROL
+        control_outcome = result.outcomes.get(result.control or "")
+        if control is not None and control_outcome in ("passed", "failed"):
+            cells[control] = CELL_CONTROL if control_outcome == "passed" else CELL_CONTROL_FAILED
         for function in result.declared:
             name = self.journeys.get(function)
             if name is None:
@@ -109,7 +111,14 @@ class ProveRun:
                 if outcome == "passed"
                 else CELL_NOT_REACHED
             )
-            rank = (CELL_UNDECLARED, CELL_CONTROL, CELL_NOT_REACHED, CELL_PASSED, CELL_CAUGHT)
+            rank = (
+                CELL_UNDECLARED,
+                CELL_CONTROL,
+                CELL_CONTROL_FAILED,
+                CELL_NOT_REACHED,
+                CELL_PASSED,
+                CELL_CAUGHT,
+            )
             if rank.index(cell) > rank.index(cells[name]):
                 cells[name] = cell
         return cells
@@ -151,6 +160,7 @@ def render_matrix(run: ProveRun) -> str:
     lines.append(
         f"  {CELL_CAUGHT}: its test failed first; {CELL_PASSED}: declared and passed; "
         f"{CELL_NOT_REACHED!r}: declared, not reached (stopped at the first failure); "
-        f"{CELL_CONTROL}: the control (not declaring it) ran first and passed; blank: not declared"
+        f"{CELL_CONTROL}: the control (not declaring it) ran first and passed ({CELL_CONTROL_FAILED}: "
+        "and failed: too coarse); blank: not declared"
     )
     return "\n".join(lines)

@@ -96,6 +96,7 @@ def _assert_usage_matches_messages(
     components=COMPONENTS,
     needs=["message_usage"],
     drills=[
+        "signup-profile-loses-name",
         "assistant-tokens-swapped",
         "usage-loses-request-id",
         "cost-rounded-to-cents",

@@ -234,6 +234,10 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
         assert waited >= llm_timeout - 0.2, (
             f"the turn failed {waited:.1f} s into the LLM call, before the {llm_timeout:g} s timeout: not the hang"
         )
+        # Discriminates: an LLM client without a read timeout (drill llm-read-timeout-dropped).
+        assert waited <= llm_timeout * 2 + 1, (
+            f"the person waited {waited:.1f} s for the hanging LLM: far past the {llm_timeout:g} s LLM timeout"
+        )
         outcomes = [r.get("outcome") for r in await app.llm.requests()]
         assert "hang" in outcomes, f"the LLM stand-in never hung (requests: {outcomes})"
         assert await session.dashboard.chat.tool_activity() is None, "the UI still says the agent is working"

@@ -394,3 +394,13 @@ def test_an_installed_package_should_be_drilled_in_a_copy_first_on_the_path(
     missing = load_drills(write(tmp_path, (tmp_path / "drills.toml").read_text().replace("toypkg", "nopkg")))
     with pytest.raises(DrillError, match="package 'nopkg' is not installed"):
         missing.original_root()
+
+
+def test_the_matrix_should_mark_a_failed_control() -> None:
+    run = sample_run()
+    coarse = DrillResult(drill="blunt", breaks="b", declared=["k.py::test_k"], control="c.py::test_control")
+    coarse.status, coarse.detail = TOO_COARSE, "it also breaks the control c.py::test_control"
+    coarse.outcomes = {"c.py::test_control": "failed"}
+    run.results.append(coarse)
+    row = next(line for line in render_matrix(run).splitlines() if line.startswith("blunt"))
+    assert row.split()[1:3] == ["ctl!", "-"] and "too coarse: it also breaks the control" in row, row

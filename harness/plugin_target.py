@@ -39,7 +39,7 @@ from harness.plugin import selected_target
 from harness.plugin_browser import EVIDENCE_KEY
 from harness.redact import redact
 from harness.steps import StepLog, current_step_log
-from harness.target import Defect, Target, _target_folders
+from harness.target import Defect, Target, target_folders
 
 CATEGORY = "not applicable"
 NOT_APPLICABLE_KEY = pytest.StashKey[str]()  # item: why it is not applicable to this target
@@ -89,7 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[report.DEFECTS_KEY] = {}
     try:
         own = load_target_drills(target.folder)
-        owners = drill_owners([*_target_folders(), target.folder])
+        owners = drill_owners([*target_folders(), target.folder])
     except DrillError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[DRILLS_KEY] = (own.names() if own else (), owners)

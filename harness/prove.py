@@ -400,6 +400,9 @@ def main(args: argparse.Namespace) -> int:
     except ProveError as exc:
         print(f"throughline prove: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("throughline prove: interrupted; the running journeys were stopped", file=sys.stderr)
+        return 130
     write_outputs(run, report_path, json_path)
     print()
     print(render_matrix(run))

@@ -58,6 +58,7 @@ class ProveRun:
     undeclared: list[str] = field(default_factory=list)  # journey tests declaring no drill of the target
     wall_seconds: float = 0.0
     only: list[str] = field(default_factory=list)
+    finished_at: str = ""  # UTC, ISO 8601: when the run ended (a report shows how old it is)
 
     @property
     def baseline_ok(self) -> bool:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +341,7 @@ def prove(
                 if result.status != UNGUARDED:
                     result.status = NOT_RUN
     run.wall_seconds = time.monotonic() - t0
+    run.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     return run
 
 

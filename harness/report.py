@@ -25,6 +25,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -399,7 +400,7 @@ class ReportPlugin:
         if target is not None:
             parts.append(self._not_applicable_html(target))
             parts.append(self._defects_html(target))
-        parts.append(detection_placeholder())
+        parts.append(self._detection_html())
         parts.append(self._environment_html())
         parts.append("</div>")
         return "".join(parts)
@@ -462,6 +463,20 @@ class ReportPlugin:
         parts.append("</table>")
         return "".join(parts)
 
+    def _detection_html(self) -> str:
+        """A prove run named by --detection (its JSON), else the placeholder prove fills in itself."""
+        path = self.config.getoption("--detection", None)
+        if not path:
+            return detection_placeholder()
+        try:
+            run = ProveRun.load(Path(path))
+        except (OSError, ValueError, TypeError) as exc:
+            return (
+                f"{DETECTION_START}<h3>Detection</h3><p>The prove result {esc(path)} cannot be read: "
+                f"{esc(type(exc).__name__)}: {esc(exc)}</p>{DETECTION_END}"
+            )
+        return detection_html(run)
+
     def _environment_html(self) -> str:
         _refresh_environment()
         env = dict(_environment_snapshot)
@@ -520,7 +535,8 @@ def detection_html(run: ProveRun) -> str:
         f"<h3>Detection on {esc(run.target)}</h3>",
         f'<p class="tl-verdict {"tl-green" if ok else "tl-red"}"><b>{"PROVEN" if ok else "NOT PROVEN"}</b>: '
         f"{esc(run.verdict())}. Wall time {run.wall_seconds:.0f} s (baseline {run.baseline_seconds:.0f} s)"
-        f"{esc('; only ' + ', '.join(run.only)) if run.only else ''}.</p>",
+        f"{esc('; only ' + ', '.join(run.only)) if run.only else ''}"
+        f"{esc('; measured ' + run.finished_at) if run.finished_at else ''}.</p>",
         "<p>Each drill is one realistic defect patched into a scratch copy of the platform; the journeys "
         "that declare it run against that copy and the first failure counts. A drill that stops the "
         "platform from starting, or that also breaks a control journey not declaring it, is too coarse, "

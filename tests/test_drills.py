@@ -404,3 +404,28 @@ def test_the_matrix_should_mark_a_failed_control() -> None:
     run.results.append(coarse)
     row = next(line for line in render_matrix(run).splitlines() if line.startswith("blunt"))
     assert row.split()[1:3] == ["ctl!", "-"] and "too coarse: it also breaks the control" in row, row
+
+
+def test_a_release_report_should_show_a_prove_result_as_its_detection_section(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in [n for n in os.environ if n.startswith("THROUGHLINE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
+    proved = sample_run()
+    proved.finished_at = "2026-12-01T15:55:00+00:00"
+    (tmp_path / "prove.json").write_text(proved.to_json())
+    pytester.makeconftest(
+        'pytest_plugins = ["harness.plugin", "harness.plugin_browser", "harness.plugin_target"]\n'
+    )
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    args = ["--target", "reference", "-p", "no:cacheprovider", "--self-contained-html"]
+
+    pytester.runpytest_subprocess(*args, "--html=plain.html")
+    pytester.runpytest_subprocess(*args, "--html=proved.html", f"--detection={tmp_path / 'prove.json'}")
+
+    plain = (pytester.path / "plain.html").read_text()
+    assert "Not measured in this run: <code>throughline prove</code>" in plain
+    page = (pytester.path / "proved.html").read_text()
+    assert "Detection on ref 1.0" in page and "measured 2026-12-01T15:55:00+00:00" in page
+    assert "Not measured in this run" not in page

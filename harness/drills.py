@@ -175,18 +175,32 @@ def load_target_drills(target_folder: Path) -> DrillSet | None:
     return load_drills(path) if path.is_file() else None
 
 
+def _target_name(folder: Path) -> str:
+    """The name a target folder's target.toml declares (the folder's name when it declares none)."""
+    try:
+        with open(folder / "target.toml", "rb") as fh:
+            name = tomllib.load(fh).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return folder.name
+    return name if isinstance(name, str) and name else folder.name
+
+
 def drill_owners(folders: list[Path]) -> dict[str, str]:
-    """Every drill name of these target folders -> the folder name declaring it; a name twice is an error."""
+    """Every drill name of these target folders -> the target declaring it; a name of two targets is an error.
+
+    Keyed by the target's declared name: a copy of a target folder (another version, a test's copy)
+    may repeat its drills."""
     owners: dict[str, str] = {}
     for folder in folders:
         drills = load_target_drills(folder)
+        target = _target_name(folder)
         for name in drills.names() if drills else ():
-            if name in owners and owners[name] != folder.name:
+            if name in owners and owners[name] != target:
                 raise DrillError(
-                    f"{drills_file(folder)}: drill '{name}' is also a drill of target folder "
-                    f"'{owners[name]}'; drill names are unique over all targets"
+                    f"{drills_file(folder)}: drill '{name}' is also a drill of target '{owners[name]}'; "
+                    "drill names are unique over all targets"
                 )
-            owners[name] = folder.name
+            owners[name] = target
     return owners
 
 

@@ -130,10 +130,12 @@ def test_should_refuse_a_malformed_drills_file_in_one_line(tmp_path: Path, text:
 
 
 def test_should_refuse_a_drill_name_declared_by_two_targets(tmp_path: Path) -> None:
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
-        write(tmp_path / name, ONE_DRILL)
-    with pytest.raises(DrillError, match="also a drill of target folder 'one'"):
+    for folder, name in (("one", "alpha"), ("two", "beta"), ("alpha-copy", "alpha")):
+        (tmp_path / folder).mkdir()
+        write(tmp_path / folder, ONE_DRILL)
+        (tmp_path / folder / "target.toml").write_text(f'name = "{name}"\n')
+    assert drill_owners([tmp_path / "one", tmp_path / "alpha-copy"]) == {"profile-loses-name": "alpha"}
+    with pytest.raises(DrillError, match="also a drill of target 'alpha'"):
         drill_owners([tmp_path / "one", tmp_path / "two"])
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.detection import CAUGHT, ProveRun
+from harness.detection import CAUGHT, TOO_COARSE, ProveRun
 
 PROJECT = Path(__file__).resolve().parent.parent
 CHEAP_DRILLS = ("http-limit-keyed-by-ip", "login-skips-verification")
@@ -70,3 +70,26 @@ def test_prove_should_stop_before_running_anything_when_a_drill_no_longer_applie
         in done.stderr
     )
     assert not (tmp_path / "p-logs").exists(), "journeys ran although a drill does not apply"
+
+
+def test_prove_should_call_a_drill_that_stops_the_platform_too_coarse(tmp_path: Path) -> None:
+    target = tmp_path / "coarse_target"
+    shutil.copytree(PROJECT / "targets" / "reference", target, ignore=shutil.ignore_patterns("__pycache__"))
+    drills = (target / "drills.toml").read_text()
+    start = drills.index('name = "http-limit-keyed-by-ip"')
+    end = drills.index("[[drill]]", start)
+    blunt = """name = "http-limit-keyed-by-ip"
+breaks = "a refactor renamed the backend's logging module: the backend no longer starts"
+file = "stack/backend/__main__.py"
+find = "from .log import setup_logging"
+replace = "from .logging_setup import setup_logging"
+
+"""
+    (target / "drills.toml").write_text(drills[:start] + blunt + drills[end:])
+    report = tmp_path / "p.html"
+    done = prove("--target", str(target), "--only", "http-limit-keyed-by-ip", "--report", str(report))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (result,) = ProveRun.load(report.with_suffix(".json")).results
+    assert result.status == TOO_COARSE and result.caught_by is None, result
+    assert result.detail.startswith("the platform does not start"), result.detail
+    assert "0/1 drills caught by a journey declaring them; 1 too coarse" in done.stdout

@@ -532,6 +532,8 @@ def detection_html(run: ProveRun) -> str:
     parts = [
         DETECTION_START,
         _SUMMARY_CSS,
+        "<style>.tl-detection td{color:#1f2328;vertical-align:top}.tl-detection .tl-breaks{min-width:260px}"
+        ".tl-detection .tl-cell{text-align:center;font-size:11px}</style>",
         f"<h3>Detection on {esc(run.target)}</h3>",
         f'<p class="tl-verdict {"tl-green" if ok else "tl-red"}"><b>{"PROVEN" if ok else "NOT PROVEN"}</b>: '
         f"{esc(run.verdict())}. Wall time {run.wall_seconds:.0f} s (baseline {run.baseline_seconds:.0f} s)"
@@ -546,19 +548,20 @@ def detection_html(run: ProveRun) -> str:
         parts.append(f"<p>Journey tests declaring no drill: {esc(', '.join(run.undeclared))}.</p>")
     head = "".join(f"<th title='{esc(n)}'>J{i}</th>" for i, n in enumerate(names, 1))
     parts.append(
-        f'<table class="tl-table"><tr><th>Drill</th><th>What breaks for a user</th>{head}<th>Result</th>'
-        "<th>Caught by</th><th>Failing step</th><th>Time</th></tr>"
+        f'<table class="tl-table tl-detection"><tr><th>Drill</th><th>What breaks for a user</th>{head}'
+        "<th>Result</th><th>Caught by</th><th>Failing step</th><th>Time</th></tr>"
     )
     for result in run.results:
         cells = run.cells(result)
-        row = "".join(f"<td>{esc(cells[n])}</td>" for n in names)
+        row = "".join(f"<td class='tl-cell'>{esc(cells[n])}</td>" for n in names)
         css = "tl-passed" if result.status == CAUGHT else "tl-failed"
         step = result.step or ("outside any step" if result.status == CAUGHT else "")
         error = f"<br><small>{esc(result.error)}</small>" if result.error else ""
         parts.append(
-            f"<tr class='{css}'><td>{esc(result.drill)}</td><td>{esc(result.breaks)}</td>{row}"
+            f"<tr class='{css}'><td>{esc(result.drill)}</td><td class='tl-breaks'>{esc(result.breaks)}</td>{row}"
             f"<td>{esc(result.status)}{': ' + esc(result.detail) if result.detail else ''}</td>"
-            f"<td>{esc(result.caught_by or '')}</td><td>{esc(step)}{error}</td><td>{result.seconds:.0f} s</td></tr>"
+            f"<td title='{esc(result.caught_by or '')}'>{esc((result.caught_by or '').split('::')[-1])}</td>"
+            f"<td>{esc(step)}{error}</td><td>{result.seconds:.0f} s</td></tr>"
         )
     parts.append("</table>")
     parts.append(

@@ -1,6 +1,7 @@
 # Two commands matter: `make e2e` (the journeys, headless, with the HTML report and
 # traces) and `make test` (the framework's own tests plus the journeys). Both bootstrap.
 # `make e2e TARGET=<name>` runs the journeys against another target (targets/<name>).
+# `make prove` shows which journey catches each defect drill of the target (docs/prove.md).
 PY      := .venv/bin/python
 PYTEST  := $(PY) -m pytest
 REPORTS := reports
@@ -10,7 +11,7 @@ JOURNEYS ?= journeys
 PYTEST_ARGS ?=
 E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),)
 
-.PHONY: bootstrap test e2e lint typecheck bench stack-up stack-down clean doctor
+.PHONY: bootstrap test e2e prove lint typecheck bench stack-up stack-down clean doctor
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -24,6 +25,11 @@ e2e: bootstrap
 	@mkdir -p $(REPORTS)
 	$(PYTEST) $(JOURNEYS) $(E2E_FLAGS) --html=$(REPORTS)/report.html --self-contained-html \
 		--junitxml=$(REPORTS)/junit.xml $(PYTEST_ARGS)
+
+# Break the platform on purpose, drill by drill (targets/<name>/drills.toml; docs/prove.md).
+prove: bootstrap
+	@mkdir -p $(REPORTS)
+	$(PY) -m harness.cli prove $(if $(TARGET),--target $(TARGET),) --report $(REPORTS)/prove.html $(PROVE_ARGS)
 
 lint: bootstrap
 	.venv/bin/ruff check .

@@ -1,4 +1,4 @@
-"""`throughline`: stack up|down|status|env, run, doctor."""
+"""`throughline`: stack up|down|status|env, run, doctor, prove."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from harness import prove as prove_mod
 from harness.declaration import DeclarationError
 from harness.process import ServiceStartError
 from harness.stack import (
@@ -265,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--headed", action="store_true")
     run.add_argument("--slowmo", type=int, default=0)
     run.add_argument("-k", default=None)
-    for command in (up, down, status, env, doctor, run):
+    prove = sub.add_parser(
+        "prove",
+        help="break the platform on purpose, drill by drill, and show which journey catches each",
+    )
+    prove_mod.add_arguments(prove)
+    for command in (up, down, status, env, doctor, run, prove):
         command.add_argument("--target", default=None, help=target_help)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
@@ -274,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "prove":
+        return prove_mod.main(args)
     return {"up": cmd_stack_up, "down": cmd_stack_down, "status": cmd_stack_status, "env": cmd_stack_env}[
         args.action
     ](args)

@@ -9,7 +9,9 @@
 
 Templates: {port} and {ports.<n>} (the service's own), {<svc>.port}, {<svc>.url}, {<svc>.ports.<n>},
 {<svc>.db.<name>} (a postgres block's DSN), {run_dir}, {python}, {project}, {target_dir},
-{secret.<name>}, {knob.<NAME>}; `{{` and `}}` are literal braces. Every port is allocated before
+{source_root}, {secret.<name>}, {knob.<NAME>}; `{{` and `}}` are literal braces. {source_root} is
+the folder the platform's own code is imported from: {project}, except under `throughline prove`,
+which points it (THROUGHLINE_SOURCE_ROOT) at a scratch copy with one defect drill applied. Every port is allocated before
 anything starts, so a reference never implies an order: `depends_on` alone orders the start.
 
 Every mistake is one DeclarationError line: "<file>: <field>: <problem>".
@@ -34,7 +36,7 @@ DEFAULT_TIMEOUT = 20.0
 DEFAULT_SECRET_BYTES = 32
 READY_KINDS = ("http", "tcp", "log", "query")
 COMMAND_READY_KINDS = frozenset({"http", "tcp", "log"})
-GLOBAL_NAMES = ("run_dir", "python", "project", "target_dir")
+GLOBAL_NAMES = ("run_dir", "python", "project", "target_dir", "source_root")
 _RESERVED = {"port", "ports", "secret", "knob", *GLOBAL_NAMES}
 _TOP_FIELDS = ("knob_prefix", "knobs", "secrets", "env", "exports", "services")
 _COMMON_FIELDS = ("ready", "timeout", "depends_on", "restartable", "env", "hint")

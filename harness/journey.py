@@ -2,17 +2,21 @@
 
     @pytest.mark.journey(name="Signup, login, chat", priority="P0", mrr=100_000,
                          components=["auth", "backend", "frontend", "websocket"],
-                         needs=["password_signup", "streaming"])
+                         needs=["password_signup", "streaming"],
+                         drills=["signup-announces-no-name"])
 
 `journey(...)` builds the same marker and validates it at import time; the browser plugin
 validates every marker at collection, so a typo is a collection error, never a silent gap
 in the release summary. `needs` names capabilities (harness/capabilities.py) the target must
 have; a plain test says the same with `@pytest.mark.needs("oauth", ...)`. A target lacking one
-reports the test "not applicable" (harness/plugin_target.py).
+reports the test "not applicable" (harness/plugin_target.py). `drills` names the defect drills
+(targets/<name>/drills.toml, harness/drills.py) the journey must catch: `throughline prove`
+patches each one into a scratch copy of the platform and runs the journeys declaring it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +41,11 @@ COMPONENTS = frozenset(
         "email",
     }
 )
+DRILL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 MARKER_HELP = (
-    "journey(name, priority, mrr, components, needs): a critical user journey with its priority (P0/P1), "
-    "the revenue it protects, the components it crosses and the capabilities it needs"
+    "journey(name, priority, mrr, components, needs, drills): a critical user journey with its priority "
+    "(P0/P1), the revenue it protects, the components it crosses, the capabilities it needs and the "
+    "defect drills it must catch"
 )
 NEEDS_MARKER_HELP = (
     "needs(*capabilities): the capabilities (harness/capabilities.py) the target must have; "
@@ -60,6 +66,7 @@ class JourneyInfo:
     mrr: int
     components: tuple[str, ...]
     needs: tuple[str, ...] = ()
+    drills: tuple[str, ...] = ()  # defect drills (targets/<name>/drills.toml) this journey must catch
 
 
 def validate_journey(
@@ -68,13 +75,14 @@ def validate_journey(
     mrr: Any = 0,
     components: Any = None,
     needs: Any = (),
+    drills: Any = (),
     **unknown: Any,
 ) -> JourneyInfo:
     """Check the marker's values; raise JourneyMarkerError naming every problem and the vocabulary."""
     problems = []
     if unknown:
         problems.append(
-            f"unknown argument(s) {sorted(unknown)}; expected name, priority, mrr, components, needs"
+            f"unknown argument(s) {sorted(unknown)}; expected name, priority, mrr, components, needs, drills"
         )
     if not isinstance(name, str) or not name.strip():
         problems.append("name must be a non-empty string, e.g. name='Signup, login, chat'")
@@ -106,17 +114,42 @@ def validate_journey(
                 f"unknown capability {', '.join(map(repr, unknown_caps))}; "
                 f"known capabilities: {', '.join(sorted(CAPABILITIES))}"
             )
+    drill_names: tuple[str, ...] = ()
+    if isinstance(drills, str) or not isinstance(drills, Iterable):
+        problems.append("drills must be a list of drill names, e.g. drills=['ws-accepts-revoked-session']")
+    else:
+        drill_names = tuple(drills)
+        bad = [d for d in drill_names if not isinstance(d, str) or not DRILL_NAME.match(d)]
+        if bad:
+            problems.append(
+                f"drill name(s) {', '.join(map(repr, bad))} must be lower-case letters, digits and '-'"
+            )
+        twice = sorted({d for d in drill_names if drill_names.count(d) > 1}, key=str)
+        if twice:
+            problems.append(f"drill(s) {', '.join(map(repr, twice))} listed twice")
     if problems:
         raise JourneyMarkerError("invalid @pytest.mark.journey: " + "; ".join(problems))
-    return JourneyInfo(name=name.strip(), priority=priority, mrr=mrr, components=comps, needs=caps)
+    return JourneyInfo(
+        name=name.strip(), priority=priority, mrr=mrr, components=comps, needs=caps, drills=drill_names
+    )
 
 
 def journey(
-    name: str, priority: str, mrr: int = 0, components: Iterable[str] = (), needs: Iterable[str] = ()
+    name: str,
+    priority: str,
+    mrr: int = 0,
+    components: Iterable[str] = (),
+    needs: Iterable[str] = (),
+    drills: Iterable[str] = (),
 ) -> pytest.MarkDecorator:
     """`@journey(...)`: the `journey` marker, validated when the module is imported."""
     info = validate_journey(
-        name=name, priority=priority, mrr=mrr, components=list(components), needs=list(needs)
+        name=name,
+        priority=priority,
+        mrr=mrr,
+        components=list(components),
+        needs=list(needs),
+        drills=drills if isinstance(drills, str) else list(drills),
     )
     return pytest.mark.journey(
         name=info.name,
@@ -124,6 +157,7 @@ def journey(
         mrr=info.mrr,
         components=list(info.components),
         needs=list(info.needs),
+        drills=list(info.drills),
     )
 
 

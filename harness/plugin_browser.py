@@ -14,6 +14,7 @@ and adds --browser-executable and --browser-ws.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -85,6 +86,12 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         default=None,
         help="Chromium binary to launch (env THROUGHLINE_CHROMIUM); default: Playwright's bundled "
         "build if installed, else /usr/bin/chromium, chromium-browser, google-chrome",
+    )
+    group.addoption(
+        "--detection",
+        default=os.environ.get("THROUGHLINE_DETECTION") or None,
+        help="show this `throughline prove` result (its JSON, e.g. reports/prove.json) as the HTML "
+        "report's Detection section (env THROUGHLINE_DETECTION)",
     )
     group.addoption(
         "--browser-ws",

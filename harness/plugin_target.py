@@ -11,6 +11,9 @@ Each defect of targets/<name>/defects.toml becomes `xfail(strict=True)` on the t
 the run stays green while the defect stands and goes red the day it is fixed. A defect
 registered for one step does not excuse a failure anywhere else.
 
+A journey's `drills=[...]` must name drills of targets/<name>/drills.toml: a name no target
+declares is a collection error (a typo must not leave a defect unguarded).
+
 Needs harness.plugin (the target); harness.plugin_browser supplies the step log.
 """
 
@@ -30,16 +33,19 @@ from harness.capabilities import (
     not_applicable_reason,
     not_applicable_reason_of,
 )
-from harness.journey import NEEDS_MARKER_HELP, JourneyMarkerError, needs_of
+from harness.drills import DrillError, drill_owners, load_target_drills
+from harness.journey import NEEDS_MARKER_HELP, JourneyMarkerError, journey_info, needs_of
 from harness.plugin import selected_target
 from harness.plugin_browser import EVIDENCE_KEY
 from harness.redact import redact
 from harness.steps import StepLog, current_step_log
-from harness.target import Defect, Target
+from harness.target import Defect, Target, target_folders
 
 CATEGORY = "not applicable"
 NOT_APPLICABLE_KEY = pytest.StashKey[str]()  # item: why it is not applicable to this target
 DEFECT_KEY = pytest.StashKey[Defect]()  # item: the registered defect it is expected to show
+# (drill names of the session's target, every target's drill name -> its folder)
+DRILLS_KEY = pytest.StashKey[tuple[tuple[str, ...], dict[str, str]]]()
 
 
 def defects_file(target: Target) -> Path:
@@ -81,6 +87,12 @@ def pytest_configure(config: pytest.Config) -> None:
             )
     config.stash[report.TARGET_KEY] = target
     config.stash[report.DEFECTS_KEY] = {}
+    try:
+        own = load_target_drills(target.folder)
+        owners = drill_owners([*target_folders(), target.folder])
+    except DrillError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[DRILLS_KEY] = (own.names() if own else (), owners)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -100,10 +112,25 @@ def pytest_pycollect_makeitem(
         if isinstance(item, pytest.Function):
             try:
                 needs_of(item)
+                info = journey_info(item)
             except JourneyMarkerError as exc:
                 # A typo in a capability must never turn a test off silently.
                 raise collector.CollectError(f"{item.nodeid}: {exc}") from None
+            if info is not None:
+                _check_drills(collector, item, info.drills)
     return result
+
+
+def _check_drills(collector: pytest.Collector, item: pytest.Function, names: tuple[str, ...]) -> None:
+    """A drill name that no target declares is a collection error naming the active target's drills."""
+    own, owners = collector.config.stash.get(DRILLS_KEY, ((), {}))
+    unknown = [n for n in names if n not in own and n not in owners]
+    if unknown:
+        target = selected_target(collector.config)
+        raise collector.CollectError(
+            f"{item.nodeid}: invalid @pytest.mark.journey: unknown drill(s) {', '.join(map(repr, unknown))}; "
+            f"drills of {target.name}: {', '.join(own) or 'none'} ({target.folder / 'drills.toml'})"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -25,11 +25,13 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.capabilities import not_applicable_reason_of
+from harness.detection import CAUGHT, ProveRun
 from harness.journey import COMPONENTS, PRIORITIES, JourneyInfo
 from harness.redact import redact, redact_value
 from harness.target import Defect, Target
@@ -398,6 +400,7 @@ class ReportPlugin:
         if target is not None:
             parts.append(self._not_applicable_html(target))
             parts.append(self._defects_html(target))
+        parts.append(self._detection_html())
         parts.append(self._environment_html())
         parts.append("</div>")
         return "".join(parts)
@@ -460,6 +463,20 @@ class ReportPlugin:
         parts.append("</table>")
         return "".join(parts)
 
+    def _detection_html(self) -> str:
+        """A prove run named by --detection (its JSON), else the placeholder prove fills in itself."""
+        path = self.config.getoption("--detection", None)
+        if not path:
+            return detection_placeholder()
+        try:
+            run = ProveRun.load(Path(path))
+        except (OSError, ValueError, TypeError) as exc:
+            return (
+                f"{DETECTION_START}<h3>Detection</h3><p>The prove result {esc(path)} cannot be read: "
+                f"{esc(type(exc).__name__)}: {esc(exc)}</p>{DETECTION_END}"
+            )
+        return detection_html(run)
+
     def _environment_html(self) -> str:
         _refresh_environment()
         env = dict(_environment_snapshot)
@@ -486,6 +503,75 @@ class ReportPlugin:
             parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items()]
             parts.append("</table>")
         return "".join(parts)
+
+
+# -- Detection: what `throughline prove` showed the journeys catch (harness/prove.py) ---------------
+DETECTION_START, DETECTION_END = "<!--tl-detection-->", "<!--/tl-detection-->"
+
+
+def detection_placeholder() -> str:
+    """The Detection section of a journeys-only run; `throughline prove` replaces it with its findings."""
+    return (
+        f"{DETECTION_START}<h3>Detection</h3><p>Not measured in this run: <code>throughline prove</code> "
+        "breaks the platform on purpose, one defect drill at a time, and fills this section with the "
+        f"journeys and steps that caught each.</p>{DETECTION_END}"
+    )
+
+
+def replace_detection(document: str, section: str) -> str:
+    """The report with its Detection section replaced (the first one; a report has one)."""
+    start = document.index(DETECTION_START)
+    end = document.index(DETECTION_END, start) + len(DETECTION_END)
+    return document[:start] + section + document[end:]
+
+
+def detection_html(run: ProveRun) -> str:
+    """The Detection section: the verdict, the drill x journey matrix, each caught drill's failing step."""
+    names = run.journey_names()
+    ok = run.ok
+    parts = [
+        DETECTION_START,
+        _SUMMARY_CSS,
+        "<style>.tl-detection td{color:#1f2328;vertical-align:top}.tl-detection .tl-breaks{min-width:260px}"
+        ".tl-detection .tl-cell{text-align:center;font-size:11px}</style>",
+        f"<h3>Detection on {esc(run.target)}</h3>",
+        f'<p class="tl-verdict {"tl-green" if ok else "tl-red"}"><b>{"PROVEN" if ok else "NOT PROVEN"}</b>: '
+        f"{esc(run.verdict())}. Wall time {run.wall_seconds:.0f} s (baseline {run.baseline_seconds:.0f} s)"
+        f"{esc('; only ' + ', '.join(run.only)) if run.only else ''}"
+        f"{esc('; measured ' + run.finished_at) if run.finished_at else ''}.</p>",
+        "<p>Each drill is one realistic defect patched into a scratch copy of the platform; the journeys "
+        "that declare it run against that copy and the first failure counts. A drill that stops the "
+        "platform from starting, or that also breaks a control journey not declaring it, is too coarse, "
+        "not caught.</p>",
+    ]
+    if run.undeclared:
+        parts.append(f"<p>Journey tests declaring no drill: {esc(', '.join(run.undeclared))}.</p>")
+    head = "".join(f"<th title='{esc(n)}'>J{i}</th>" for i, n in enumerate(names, 1))
+    parts.append(
+        f'<table class="tl-table tl-detection"><tr><th>Drill</th><th>What breaks for a user</th>{head}'
+        "<th>Result</th><th>Caught by</th><th>Failing step</th><th>Time</th></tr>"
+    )
+    for result in run.results:
+        cells = run.cells(result)
+        row = "".join(f"<td class='tl-cell'>{esc(cells[n])}</td>" for n in names)
+        css = "tl-passed" if result.status == CAUGHT else "tl-failed"
+        step = result.step or ("outside any step" if result.status == CAUGHT else "")
+        error = f"<br><small>{esc(result.error)}</small>" if result.error else ""
+        parts.append(
+            f"<tr class='{css}'><td>{esc(result.drill)}</td><td class='tl-breaks'>{esc(result.breaks)}</td>{row}"
+            f"<td>{esc(result.status)}{': ' + esc(result.detail) if result.detail else ''}</td>"
+            f"<td title='{esc(result.caught_by or '')}'>{esc((result.caught_by or '').split('::')[-1])}</td>"
+            f"<td>{esc(step)}{error}</td><td>{result.seconds:.0f} s</td></tr>"
+        )
+    parts.append("</table>")
+    parts.append(
+        "<p>" + "; ".join(f"J{i} = {esc(n)}" for i, n in enumerate(names, 1)) + ". CAUGHT: its test failed "
+        "first; pass: declared and passed; -: declared, not reached (stopped at the first failure); "
+        "ctl: the control journey (not declaring the drill) ran first and passed (ctl!: and failed, "
+        "so the drill is too coarse).</p>"
+    )
+    parts.append(DETECTION_END)
+    return "".join(parts)
 
 
 def html_extra(config: pytest.Config, content: str) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ from harness.declaration import (
     render,
     template_refs,
 )
+from harness.drills import SOURCE_ROOT_ENV
 from harness.process import (
     ManagedProcess,
     ProcessSpec,
@@ -193,6 +194,9 @@ class Stack:
     target: Target | None = None  # None: the reference platform
     declaration: Declaration | None = None  # None: the target's services file
     ports: dict[str, int] = field(default_factory=dict)  # every declared service's main port
+    # Where the platform's own code is imported from ({source_root}); None: THROUGHLINE_SOURCE_ROOT,
+    # else the project. `throughline prove` points it at a scratch copy with one drill applied.
+    source_root: Path | None = None
     _owns_run_dir: bool = False
     _prepared: bool = field(default=False, repr=False)
     _selected: tuple[str, ...] = field(default=(), repr=False)
@@ -270,6 +274,8 @@ class Stack:
         if self.external or self._prepared:
             return self
         decl = self._decl
+        if self.source_root is None and os.environ.get(SOURCE_ROOT_ENV):
+            self.source_root = Path(os.environ[SOURCE_ROOT_ENV]).resolve()
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="throughline-"))
             self._owns_run_dir = True
@@ -309,6 +315,11 @@ class Stack:
                 self._service_urls[name] = self._render(svc.url or "http://127.0.0.1:{port}", name)
         env = decl.knob_env(self._knobs)
         env.update(self._render_present(decl.env))
+        if self.source_root is not None:
+            # First on the import path: an installed package's scratch copy shadows the installed one.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.source_root), env.get("PYTHONPATH") or os.environ.get("PYTHONPATH")) if p
+            )
         self.platform_env = env
         self.urls = self._render_present(decl.exports)
         self._prepared = True
@@ -337,6 +348,7 @@ class Stack:
                 "python": sys.executable,
                 "project": str(PROJECT),
                 "target_dir": str(self._decl.folder),
+                "source_root": str(self.source_root or PROJECT),
             }[head]
         if head == "secret":
             return self._secrets[rest[0]]

@@ -124,6 +124,11 @@ def _target_folders() -> list[Path]:
     return folders
 
 
+def target_folders() -> list[Path]:
+    """Every target folder on the search path (THROUGHLINE_TARGETS_PATH, then the project's targets/)."""
+    return _target_folders()
+
+
 def known_targets() -> list[str]:
     return sorted(dict.fromkeys(_declared_name(folder) for folder in _target_folders()))
 

@@ -85,6 +85,7 @@ async def usage_settled(app: App, expected: int, **where: Any) -> list[UsageReco
     mrr=30_000,
     components=COMPONENTS,
     needs=["tool_calls", "streaming", "message_usage"],
+    drills=["routing-loses-reduce", "bad-frame-closes-socket"],
 )
 async def test_agent_pipeline_routes_streams_persists_and_bills(
     app: App, page: Any, ws_recorder: Any

@@ -195,6 +195,7 @@ async def _usage_api(app: App, user: TestUser) -> dict[str, Any]:
     mrr=200_000,
     components=COMPONENTS,
     needs=["agent_routing", "tool_calls", "usage_analytics", "billing"],
+    drills=["invoice-rounds-lines-to-cents", "cost-rounded-to-cents"],
 )
 async def test_usage_becomes_an_exact_invoice(app: App, page: Any, ws_recorder: Any) -> None:
     """Known turns bill exactly the derived tokens and cost, in ClickHouse, the invoice and the dashboard."""

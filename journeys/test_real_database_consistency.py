@@ -95,6 +95,13 @@ def _assert_usage_matches_messages(
     mrr=50_000,
     components=COMPONENTS,
     needs=["message_usage"],
+    drills=[
+        "signup-profile-loses-name",
+        "assistant-tokens-swapped",
+        "usage-loses-request-id",
+        "cost-rounded-to-cents",
+        "routing-loses-reduce",
+    ],
 )
 async def test_identity_messages_usage_and_request_ids_agree_across_stores(
     app: App, page: Any, ws_recorder: Any

@@ -186,6 +186,7 @@ async def assert_turn_pg_only(app: App, turn: CompletedTurn) -> None:
     priority="P1",
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
+    drills=["llm-error-reported-as-internal"],
 )
 async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any
@@ -251,6 +252,7 @@ async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     priority="P1",
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
+    drills=["llm-read-timeout-dropped"],
 )
 async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any
@@ -295,6 +297,10 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
         assert waited >= llm_timeout - 0.2, (
             f"the turn failed {waited:.1f} s into the LLM call, before the {llm_timeout:g} s timeout: not the hang"
         )
+        # Discriminates: an LLM client without a read timeout (drill llm-read-timeout-dropped).
+        assert waited <= llm_timeout * 2 + 1, (
+            f"the person waited {waited:.1f} s for the hanging LLM: far past the {llm_timeout:g} s LLM timeout"
+        )
         if thinks:
             assert await session.dashboard.chat.tool_activity() is None, (
                 "the UI still says the agent is working"
@@ -334,6 +340,7 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
     needs=["service_control", "session_restore"],
+    drills=["redis-outage-reported-as-internal"],
 )
 async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any
@@ -426,6 +433,7 @@ async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "clickhouse", "postgres", "redis"],
     needs=["service_control", "usage_analytics", "usage_outbox", "agent_routing", "tool_calls"],
+    drills=["usage-tool-assumes-analytics-up"],
 )
 async def test_clickhouse_outage_delays_usage_but_loses_none(app: App, page: Any, ws_recorder: Any) -> None:
     """ClickHouse (usage analytics) stops while the person asks about their usage.
@@ -487,6 +495,7 @@ async def test_clickhouse_outage_delays_usage_but_loses_none(app: App, page: Any
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
     needs=["service_control", "streaming", "session_restore"],
+    drills=["greeting-forgets-thread"],
 )
 async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     app: App, page: Any, ws_recorder: Any
@@ -595,6 +604,7 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "redis", "clickhouse"],
     needs=["service_control"],
+    drills=["postgres-outage-reported-as-internal"],
 )
 async def test_postgres_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any

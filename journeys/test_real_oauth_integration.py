@@ -71,7 +71,14 @@ def expect_code(code: str | None, *expected: str, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ journeys
-@journey(name="OAuth sign-in", priority="P0", mrr=150_000, components=COMPONENTS, needs=["oauth"])
+@journey(
+    name="OAuth sign-in",
+    priority="P0",
+    mrr=150_000,
+    components=COMPONENTS,
+    needs=["oauth"],
+    drills=["oauth-identity-keyed-by-email"],
+)
 async def test_oauth_sign_in_creates_one_account_and_finds_it_again(app: App, page: Any) -> None:
     """A new person signs in with Acme ID, lands on their dashboard, and comes back to the same account."""
     email, name = unique_email("oauth"), "Katherine Johnson"
@@ -161,7 +168,12 @@ async def test_oauth_sign_in_creates_one_account_and_finds_it_again(app: App, pa
 
 
 @journey(
-    name="OAuth sign-in", priority="P0", mrr=150_000, components=COMPONENTS, needs=["oauth", "oauth_linking"]
+    name="OAuth sign-in",
+    priority="P0",
+    mrr=150_000,
+    components=COMPONENTS,
+    needs=["oauth", "oauth_linking"],
+    drills=["oauth-link-wipes-password"],
 )
 async def test_oauth_links_to_an_existing_password_account(app: App, page: Any) -> None:
     """An email/password user who signs in with Acme ID (same, provider-verified email) keeps one account."""
@@ -208,7 +220,14 @@ async def test_oauth_links_to_an_existing_password_account(app: App, page: Any) 
 
 
 @pytest.mark.parametrize("case", ["deny", "tampered state", "reused code", "another browser's callback"])
-@journey(name="OAuth sign-in", priority="P0", mrr=150_000, components=COMPONENTS, needs=["oauth"])
+@journey(
+    name="OAuth sign-in",
+    priority="P0",
+    mrr=150_000,
+    components=COMPONENTS,
+    needs=["oauth"],
+    drills=["oauth-state-reusable", "oauth-binding-optional"],
+)
 async def test_oauth_refusals_open_no_session(case: str, app: App, page: Any) -> None:
     """Deny, a tampered state, a replayed code and a callback opened in another browser (login
     CSRF) end on /login with a clear message and no session."""

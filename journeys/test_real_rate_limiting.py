@@ -54,7 +54,14 @@ async def expect_counter_gone(app: App, scope: str, subject: str, window: int) -
 
 
 # ------------------------------------------------------------------------------------ HTTP
-@journey(name="Rate limits", priority="P1", mrr=40_000, components=COMPONENTS, needs=["http_rate_limit"])
+@journey(
+    name="Rate limits",
+    priority="P1",
+    mrr=40_000,
+    components=COMPONENTS,
+    needs=["http_rate_limit"],
+    drills=["http-limit-keyed-by-ip"],
+)
 async def test_http_burst_gets_429_and_leaves_other_users_alone(app: App) -> None:
     """One token over the HTTP limit gets 429 + Retry-After; another user at the same moment does not."""
     http_limit, window = limit(app, "RATE_HTTP_LIMIT"), limit(app, "RATE_HTTP_WINDOW")
@@ -110,6 +117,7 @@ async def test_http_burst_gets_429_and_leaves_other_users_alone(app: App) -> Non
     mrr=40_000,
     components=COMPONENTS,
     needs=["ws_rate_limit", "agent_concurrency_limit", "usage_analytics"],
+    drills=["rate-window-never-expires"],
 )
 async def test_websocket_burst_is_limited_shown_and_resets(app: App, page: Any, ws_recorder: Any) -> None:
     """Messages over the WebSocket limit get `rate_limited` (ws), the UI says so, nothing is billed,
@@ -197,6 +205,7 @@ async def test_websocket_burst_is_limited_shown_and_resets(app: App, page: Any, 
     mrr=40_000,
     components=COMPONENTS,
     needs=["agent_concurrency_limit", "usage_analytics"],
+    drills=["agent-concurrency-off-by-one"],
 )
 async def test_third_concurrent_agent_run_is_throttled(app: App, page: Any, ws_recorder: Any) -> None:
     """With two replies running, a further message gets `rate_limited` (agent) on the socket and in the UI;
@@ -293,7 +302,14 @@ async def test_third_concurrent_agent_run_is_throttled(app: App, page: Any, ws_r
 
 
 # ------------------------------------------------------------------------------------ logins
-@journey(name="Rate limits", priority="P1", mrr=40_000, components=COMPONENTS, needs=["login_rate_limit"])
+@journey(
+    name="Rate limits",
+    priority="P1",
+    mrr=40_000,
+    components=COMPONENTS,
+    needs=["login_rate_limit"],
+    drills=["login-lock-off-by-one"],
+)
 async def test_failed_logins_lock_one_email_for_its_window(app: App, page: Any) -> None:
     """After the allowed failed logins an email gets 429 (API) and "Too many attempts" (UI);
     another email logs in; the lock lifts after its window."""

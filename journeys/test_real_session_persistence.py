@@ -55,6 +55,7 @@ async def open_conversation(
     mrr=25_000,
     components=COMPONENTS,
     needs=["session_restore", "service_control"],
+    drills=["greeting-forgets-thread", "logout-keeps-session"],
 )
 async def test_session_survives_reload_backend_restart_and_logout(
     app: App, page: Any, ws_recorder: Any
@@ -219,6 +220,7 @@ async def test_session_survives_reload_backend_restart_and_logout(
     mrr=25_000,
     components=COMPONENTS,
     needs=["service_control", "connection_indicator"],
+    drills=["greeting-forgets-thread"],
 )
 async def test_chat_waits_out_a_backend_outage(app: App, page: Any, ws_recorder: Any) -> None:
     """While the backend is down the UI says it is reconnecting and refuses to send; nothing typed is lost."""

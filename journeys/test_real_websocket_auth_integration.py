@@ -53,6 +53,7 @@ async def assert_accepted(app: App, token: str, user_id: str, what: str) -> Turn
     mrr=50_000,
     components=COMPONENTS,
     needs=["refresh_token", "session_revocation"],
+    drills=["refresh-reuse-keeps-session"],
 )
 async def test_login_token_opens_socket_and_refresh_rotates(app: App, page: Any, ws_recorder: Any) -> None:
     """A real login's token opens the chat socket; refresh gives a working token; the old refresh token is dead."""
@@ -143,7 +144,13 @@ BAD_TOKENS = ["expired", "tampered signature", "wrong audience", "revoked by log
 
 
 @pytest.mark.parametrize("case", BAD_TOKENS)
-@journey(name="WebSocket auth handshake", priority="P0", mrr=50_000, components=COMPONENTS)
+@journey(
+    name="WebSocket auth handshake",
+    priority="P0",
+    mrr=50_000,
+    components=COMPONENTS,
+    drills=["ws-skips-revocation-check", "ws-ignores-audience"],
+)
 async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_recorder: Any) -> None:
     """Expired, tampered, wrong-audience and revoked tokens are refused as unauthorized with no frame; the UI asks to log in."""
     turns = app.turns(ws_recorder)
@@ -220,6 +227,7 @@ async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_reco
     mrr=50_000,
     components=[*COMPONENTS, "postgres"],
     needs=["session_revocation", "open_socket_revocation"],
+    drills=["open-socket-outlives-logout", "logout-keeps-session"],
 )
 async def test_logout_elsewhere_closes_the_open_socket(app: App, page: Any, ws_recorder: Any) -> None:
     """A socket opened with a good token does not outlive its session: after a logout elsewhere,

@@ -160,6 +160,12 @@ class TcpProxy:
         except OSError:
             writer.transport.abort()
             return
+        if self.server is None or not self.server.is_serving():
+            # Cut while this one connected upstream: it must not outlive the stop (a keep-alive
+            # path through a stopped proxy makes an outage test flaky).
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
         self.writers.update({writer, up_writer})
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -791,6 +791,7 @@ class TcpProxy:
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.serving = False
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.up()
 
@@ -808,12 +809,24 @@ class TcpProxy:
             writer.close()
 
     async def _handle(self, client_r, client_w):
+        # Tracked from the accept on: a connection still being set up when down() runs is cut
+        # too (it used to survive, a keep-alive path through a "down" proxy: a flaky outage).
+        if not self.serving:
+            client_w.transport.abort()
+            return
+        self.writers.add(client_w)
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
+            self.writers.discard(client_w)
             client_w.close()
             return
-        self.writers.update({client_w, up_w})
+        if not self.serving:  # switched off while this one connected upstream
+            self.writers.discard(client_w)
+            up_w.transport.abort()
+            client_w.transport.abort()
+            return
+        self.writers.add(up_w)
         await asyncio.gather(self._pipe(client_r, up_w), self._pipe(up_r, client_w))
         self.writers.difference_update({client_w, up_w})
 
@@ -822,12 +835,14 @@ class TcpProxy:
             return
 
         async def start():
+            self.serving = True
             self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
         self._call(start())
 
     def down(self):
         async def stop_():
+            self.serving = False
             self.server.close()
             for w in list(self.writers):
                 w.transport.abort()

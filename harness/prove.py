@@ -33,6 +33,7 @@ from typing import Any
 from harness import report
 from harness.declaration import DeclarationError
 from harness.detection import (
+    BASELINE_EXPECTED,
     CAUGHT,
     ERROR,
     NOT_RUN,
@@ -191,7 +192,7 @@ def classify(result: DrillResult, entries: list[dict[str, Any]], code: int | Non
             f"{first.get('error_type')}: {first.get('message')}" if first.get("error_type") else None
         )
         return result
-    ran = {e["function"] for e in entries if e.get("outcome") == "passed"}
+    ran = {e["function"] for e in entries if e.get("outcome") in BASELINE_EXPECTED}
     if code not in (0, 1) or not set(result.declared) <= ran:
         result.status = ERROR
         result.detail = f"pytest exit {code}; see {log}: {_log_tail(log, 3)}"

@@ -252,7 +252,7 @@ async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     priority="P1",
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
-    drills=["llm-read-timeout-dropped"],
+    drills=["llm-read-timeout-dropped", "owui-stream-timeout-dropped"],
 )
 async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any

@@ -154,7 +154,13 @@ async def test_signup_verify_login_and_first_agent_reply(app: App, page: Any, ws
     mrr=100_000,
     components=["frontend", "auth", "postgres", "email"],
     needs=["password_signup"],
-    drills=["signup-email-case-duplicate", "login-skips-verification"],
+    drills=[
+        "signup-email-case-duplicate",
+        "login-skips-verification",
+        "owui-email-lookup-case-sensitive",
+        "owui-signup-skips-password-policy",
+        "owui-signin-unawaited-password-check",
+    ],
 )
 async def test_signup_and_login_failure_paths(case: str, app: App, page: Any) -> None:
     """Bad signups and logins get a clear message and leave no session or stray rows."""

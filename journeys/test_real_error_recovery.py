@@ -340,7 +340,7 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
     needs=["service_control", "session_restore"],
-    drills=["redis-outage-reported-as-internal"],
+    drills=["redis-outage-reported-as-internal", "owui-session-pool-forgets-chat"],
 )
 async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any

@@ -60,7 +60,7 @@ def leaked_secrets(text: str, me: Chatter, crowd: list[Chatter]) -> list[str]:
         "threads-list-unscoped",
         "socket-writes-into-foreign-thread",
         "foreign-thread-403",
-        "owui-completion-skips-chat-ownership",
+        "owui-chat-access-admin-clause-dropped",
     ],
 )
 async def test_concurrent_users_see_only_their_own_conversations(app: App, data_trail: Any) -> None:

@@ -163,7 +163,7 @@ async def test_signup_verify_login_and_first_agent_reply(app: App, page: Any, ws
     drills=[
         "signup-email-case-duplicate",
         "login-skips-verification",
-        "owui-email-lookup-case-sensitive",
+        "owui-signup-skips-duplicate-check",
         "owui-signup-skips-password-policy",
         "owui-signin-unawaited-password-check",
     ],

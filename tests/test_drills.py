@@ -513,3 +513,22 @@ def test_only_a_registered_defect_that_still_stands_should_count_as_xfailed() ->
     assert _skipped_outcome(standing) == "xfailed"  # type: ignore[arg-type]
     assert _skipped_outcome(SimpleNamespace(wasxfail="a plain xfail")) == "xfailed (no registered defect)"  # type: ignore[arg-type]
     assert _skipped_outcome(SimpleNamespace()) == "skipped"  # type: ignore[arg-type]
+
+
+def test_a_parametrized_journey_should_show_its_most_telling_outcome() -> None:
+    from harness.detection import merge_outcome
+
+    def merged(*outcomes: str) -> str:
+        shown: str | None = None
+        for outcome in outcomes:
+            shown = merge_outcome(shown, outcome)
+        assert shown is not None
+        return shown
+
+    assert merged("passed", "passed", "not applicable") == "passed", "a case not applicable hides no pass"
+    assert merged("xfailed (no registered defect)", "not applicable") == "xfailed (no registered defect)"
+    assert merged("passed", "xfailed") == "xfailed"
+    assert merged("failed", "passed", "skipped") == "failed"
+    run = sample_run()
+    run.results[1].outcomes = {"k.py::test_k": "xfailed"}
+    assert run.cells(run.results[1])["K"] == "xf"

@@ -20,10 +20,29 @@ TIMED_OUT = "timed out"
 UNGUARDED = "unguarded"  # no journey that applies to the target declares it
 ERROR = "error"  # the run itself broke (pytest could not run the journeys)
 NOT_RUN = "not run"  # the unpatched target failed first: nothing is claimed
+# How a journey may end on the unpatched target: passed, stopped at the step of a registered defect
+# (a strict xfail, targets/<name>/defects.toml), or not applicable there (at run time, a parameter).
+BASELINE_EXPECTED = ("passed", "xfailed", "not applicable")
+# One test function stands for all its parametrizations: by its most telling outcome. A failure
+# outranks anything unexpected (skipped, an xfail of no registered defect, not run), which outranks
+# a registered defect that still stands, a pass, and "not applicable" (one case of a target).
+_EXPECTED_RANK = ("not applicable", "passed", "xfailed")
+
+
+def merge_outcome(previous: str | None, outcome: str) -> str:
+    """The outcome a test function shows after one more of its parametrizations ended `outcome`."""
+
+    def rank(o: str) -> int:
+        return 4 if o == "failed" else _EXPECTED_RANK.index(o) if o in _EXPECTED_RANK else 3
+
+    return outcome if previous is None or rank(outcome) >= rank(previous) else previous
+
+
 STATUSES = (CAUGHT, SURVIVED, TOO_COARSE, TIMED_OUT, UNGUARDED, ERROR, NOT_RUN)
 
 # Matrix cells: what one journey did under one drill.
 CELL_CAUGHT, CELL_PASSED, CELL_NOT_REACHED, CELL_UNDECLARED = "CAUGHT", "pass", "-", ""
+CELL_XFAILED = "xf"  # declared, ran, stopped at its registered defect (strict xfail) without catching it
 CELL_CONTROL = "ctl"  # the control journey (not declaring the drill) ran first and passed
 CELL_CONTROL_FAILED = "ctl!"  # ... and failed: the drill is too coarse
 
@@ -62,7 +81,8 @@ class ProveRun:
 
     @property
     def baseline_ok(self) -> bool:
-        return bool(self.baseline) and all(o == "passed" for o in self.baseline.values())
+        """The unpatched target did what the journeys expect: passed, or stopped at a registered defect."""
+        return bool(self.baseline) and all(o in BASELINE_EXPECTED for o in self.baseline.values())
 
     @property
     def caught(self) -> list[DrillResult]:
@@ -75,7 +95,7 @@ class ProveRun:
 
     def verdict(self) -> str:
         if not self.baseline_ok:
-            failed = [f for f, o in self.baseline.items() if o != "passed"]
+            failed = [f for f, o in self.baseline.items() if o not in BASELINE_EXPECTED]
             return (
                 "nothing is claimed: the unpatched target does not pass the journeys that declare drills "
                 f"({', '.join(failed) or 'none ran'})"
@@ -110,6 +130,8 @@ class ProveRun:
                 if function == result.caught_by
                 else CELL_PASSED
                 if outcome == "passed"
+                else CELL_XFAILED
+                if outcome == "xfailed"
                 else CELL_NOT_REACHED
             )
             rank = (
@@ -117,6 +139,7 @@ class ProveRun:
                 CELL_CONTROL,
                 CELL_CONTROL_FAILED,
                 CELL_NOT_REACHED,
+                CELL_XFAILED,
                 CELL_PASSED,
                 CELL_CAUGHT,
             )
@@ -160,6 +183,7 @@ def render_matrix(run: ProveRun) -> str:
     lines += [f"  {c} = {n}" for c, n in zip(columns, names, strict=True)]
     lines.append(
         f"  {CELL_CAUGHT}: its test failed first; {CELL_PASSED}: declared and passed; "
+        f"{CELL_XFAILED}: declared, stopped at its registered defect before catching it; "
         f"{CELL_NOT_REACHED!r}: declared, not reached (stopped at the first failure); "
         f"{CELL_CONTROL}: the control (not declaring it) ran first and passed ({CELL_CONTROL_FAILED}: "
         "and failed: too coarse); blank: not declared"

@@ -3,6 +3,9 @@
     targets/<name>/drills.toml
         source = "stack"            # the platform's code: a folder of the project (copied whole), or
         # package = "open_webui"    # an installed package (copied whole, put first on the import path)
+        # python = ".venv-targets/open-webui/bin/python"  # package mode: the interpreter it is installed
+        #                           # for (project-relative; default: the one running Throughline)
+        # link = ["open_webui/frontend"]  # package mode: big read-only folders the copy links to, not copies
         controls = ["journeys/test_x.py::test_y", ...]   # run first under every drill they do not declare
 
         [[drill]]
@@ -23,8 +26,10 @@ Journeys declare the drills they must catch (`@journey(..., drills=[...])`); `th
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
+import subprocess
 import tempfile
 import tomllib
 from collections.abc import Iterator
@@ -36,9 +41,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 DRILLS_FILE = "drills.toml"
 SOURCE_ROOT_ENV = "THROUGHLINE_SOURCE_ROOT"  # where the stack imports the platform's code from
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_TOP_FIELDS = ("source", "package", "controls", "drill")
+_TOP_FIELDS = ("source", "package", "python", "link", "controls", "drill")
 _DRILL_FIELDS = ("name", "breaks", "file", "find", "replace")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", "node_modules")
+_IGNORE_PACKAGE = shutil.ignore_patterns(".pytest_cache", ".mypy_cache")
 
 
 class DrillError(ValueError):
@@ -65,6 +71,8 @@ class DrillSet:
     package: str | None  # an installed package, e.g. "open_webui"
     controls: tuple[str, ...]
     drills: tuple[Drill, ...]
+    python: str | None = None  # package mode: the interpreter the package is installed for
+    link: tuple[str, ...] = ()  # package mode: folders of the copy that link to the original
 
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.drills)
@@ -84,6 +92,8 @@ class DrillSet:
         """The folder holding the original code's top folder (the project, or the package's parent)."""
         if self.source is not None:
             return PROJECT
+        if self.python is not None:
+            return _installed_root(self, self.python)
         try:
             spec = importlib.util.find_spec(str(self.package))
         except (ImportError, ValueError) as exc:
@@ -94,6 +104,33 @@ class DrillSet:
 
     def error(self, drill: Drill, problem: str) -> DrillError:
         return DrillError(f"{self.path}: drill '{drill.name}': {drill.file}: {problem}")
+
+
+_FIND_PACKAGE = (
+    "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]); "
+    "print(next(iter(s.submodule_search_locations)) if s and s.submodule_search_locations else '')"
+)
+
+
+def _installed_root(drills: DrillSet, python: str) -> Path:
+    """The folder holding `drills.package` as installed for `python` (never a drill's copy)."""
+    exe = Path(python) if Path(python).is_absolute() else PROJECT / python
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", SOURCE_ROOT_ENV)}
+    try:
+        out = subprocess.run(
+            [str(exe), "-I", "-c", _FIND_PACKAGE, str(drills.package)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    except OSError as exc:
+        raise DrillError(f"{drills.path}: field 'python' names {exe}, which does not run: {exc}") from None
+    found = out.stdout.strip()
+    if out.returncode != 0 or not found:
+        raise DrillError(f"{drills.path}: package '{drills.package}' is not installed for {exe}")
+    return Path(found).resolve().parent
 
 
 def drills_file(target_folder: Path) -> Path:
@@ -128,6 +165,13 @@ def load_drills(path: Path) -> DrillSet:
         raise DrillError(
             f"{path}: field 'controls' must be a list of test ids like journeys/test_x.py::test_y"
         )
+    python, link = data.get("python"), data.get("link", [])
+    if python is not None and (package is None or not isinstance(python, str) or not python):
+        raise DrillError(f"{path}: field 'python' (an interpreter path) goes with 'package' only")
+    if not isinstance(link, list) or not all(isinstance(x, str) and x for x in link):
+        raise DrillError(f"{path}: field 'link' must be a list of folders like open_webui/frontend")
+    if link and package is None:
+        raise DrillError(f"{path}: field 'link' goes with 'package' only (a source folder is copied whole)")
     entries = data.get("drill", [])
     if not isinstance(entries, list) or not entries:
         raise DrillError(f"{path}: declares no drill (write [[drill]] tables)")
@@ -157,6 +201,10 @@ def load_drills(path: Path) -> DrillSet:
         parts = Path(drill.file).parts
         if Path(drill.file).is_absolute() or ".." in parts or parts[:1] != (top,):
             raise DrillError(f"{where}: field 'file' must be a path inside '{top}/', got {drill.file!r}")
+        if any(drill.file == x or drill.file.startswith(x.rstrip("/") + "/") for x in link):
+            raise DrillError(
+                f"{where}: field 'file' is inside a linked folder ({drill.file}); drill the copy"
+            )
         if drill.find == drill.replace:
             raise DrillError(f"{where}: 'replace' equals 'find': the drill changes nothing")
         drills.append(drill)
@@ -166,6 +214,8 @@ def load_drills(path: Path) -> DrillSet:
         package=package,
         controls=tuple(controls),
         drills=tuple(drills),
+        python=python,
+        link=tuple(link),
     )
 
 
@@ -244,10 +294,26 @@ def apply_drill(drills: DrillSet, drill: Drill, root: Path) -> None:
 @contextmanager
 def scratch_copy(drills: DrillSet, drill: Drill | None = None, parent: Path | None = None) -> Iterator[Path]:
     """A throw-away copy of the platform's code (with `drill` applied); yields the copy's root."""
-    original = drills.original_root() / drills.top
+    top = drills.original_root() / drills.top
     root = Path(tempfile.mkdtemp(prefix="throughline-drill-", dir=parent))
+    linked = {(drills.original_root() / x).resolve() for x in drills.link}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # An installed package keeps its bytecode: it is checked against each source's mtime
+        # (copied too), so only the drilled file recompiles and the copy starts as fast.
+        skipped = (
+            set(_IGNORE(folder, names)) if drills.package is None else set(_IGNORE_PACKAGE(folder, names))
+        )
+        return skipped | {n for n in names if (Path(folder) / n).resolve() in linked}
+
     try:
-        shutil.copytree(original, root / drills.top, ignore=_IGNORE, symlinks=True)
+        shutil.copytree(top, root / drills.top, ignore=ignore, symlinks=True)
+        for entry in drills.link:
+            if not (drills.original_root() / entry).is_dir():
+                raise DrillError(
+                    f"{drills.path}: field 'link' names {entry}, which is no folder of the package"
+                )
+            (root / entry).symlink_to(drills.original_root() / entry, target_is_directory=True)
         if drill is not None:
             apply_drill(drills, drill, root)
         yield root

@@ -23,6 +23,7 @@ from harness.plugin_browser import EVIDENCE_KEY
 from harness.plugin_target import NOT_APPLICABLE_KEY
 from harness.process import ServiceStartError
 from harness.redact import redact
+from harness.report import defect_status_of
 
 PLATFORM_START_ERRORS = (ServiceStartError,)
 
@@ -40,6 +41,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ProveRecorder(config), "throughline-prove-recorder")
+
+
+XFAILED = "xfailed"  # stopped at the step of a registered defect (a strict xfail): expected
+
+
+def _skipped_outcome(report: pytest.TestReport) -> str:
+    """A skipped report: "xfailed" only when it is a registered defect that still stands."""
+    if not hasattr(report, "wasxfail"):
+        return "skipped"
+    status = defect_status_of(report)
+    return XFAILED if status is not None and status[1] == XFAILED else "xfailed (no registered defect)"
 
 
 class ProveRecorder:
@@ -96,7 +108,9 @@ class ProveRecorder:
         elif report.failed:
             entry["outcome"] = "failed"
         elif report.skipped and entry.get("outcome") != "failed":
-            entry["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+            entry["outcome"] = _skipped_outcome(report)
+            if entry["outcome"] == XFAILED:
+                entry["defect"] = (defect_status_of(report) or ("", ""))[0]
         elif report.when == "call" and "outcome" not in entry:
             entry["outcome"] = "passed"
 

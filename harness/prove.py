@@ -33,6 +33,7 @@ from typing import Any
 from harness import report
 from harness.declaration import DeclarationError
 from harness.detection import (
+    BASELINE_EXPECTED,
     CAUGHT,
     ERROR,
     NOT_RUN,
@@ -42,6 +43,7 @@ from harness.detection import (
     UNGUARDED,
     DrillResult,
     ProveRun,
+    merge_outcome,
     render_matrix,
 )
 from harness.drills import (
@@ -161,9 +163,8 @@ def classify(result: DrillResult, entries: list[dict[str, Any]], code: int | Non
     """How one drill run ended, from the prove plugin's per-test entries (in run order)."""
     for entry in entries:
         if entry.get("outcome"):
-            previous = result.outcomes.get(entry["function"])
-            if previous != "failed":
-                result.outcomes[entry["function"]] = entry["outcome"]
+            function = entry["function"]
+            result.outcomes[function] = merge_outcome(result.outcomes.get(function), entry["outcome"])
     if code is None:
         result.status, result.detail = TIMED_OUT, f"the journeys did not finish within {RUN_TIMEOUT_S:.0f} s"
         return result
@@ -191,7 +192,7 @@ def classify(result: DrillResult, entries: list[dict[str, Any]], code: int | Non
             f"{first.get('error_type')}: {first.get('message')}" if first.get("error_type") else None
         )
         return result
-    ran = {e["function"] for e in entries if e.get("outcome") == "passed"}
+    ran = {e["function"] for e in entries if e.get("outcome") in BASELINE_EXPECTED}
     if code not in (0, 1) or not set(result.declared) <= ran:
         result.status = ERROR
         result.detail = f"pytest exit {code}; see {log}: {_log_tail(log, 3)}"
@@ -303,8 +304,8 @@ def prove(
             entries = _read_json(out)
             outcomes: dict[str, str] = {}
             for entry in entries:
-                if outcomes.get(entry["function"]) != "failed":
-                    outcomes[entry["function"]] = entry.get("outcome") or "not run"
+                function = entry["function"]
+                outcomes[function] = merge_outcome(outcomes.get(function), entry.get("outcome") or "not run")
             run.baseline = {f: outcomes.get(f, "not run") for f in baseline_ids}
             if code is None:
                 run.baseline = {f: o if o != "passed" else "timed out" for f, o in run.baseline.items()}

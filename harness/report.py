@@ -566,7 +566,8 @@ def detection_html(run: ProveRun) -> str:
     parts.append("</table>")
     parts.append(
         "<p>" + "; ".join(f"J{i} = {esc(n)}" for i, n in enumerate(names, 1)) + ". CAUGHT: its test failed "
-        "first; pass: declared and passed; -: declared, not reached (stopped at the first failure); "
+        "first; pass: declared and passed; xf: declared, stopped at its registered defect before "
+        "catching it; -: declared, not reached (stopped at the first failure); "
         "ctl: the control journey (not declaring the drill) ran first and passed (ctl!: and failed, "
         "so the drill is too coarse).</p>"
     )

@@ -56,7 +56,12 @@ def leaked_secrets(text: str, me: Chatter, crowd: list[Chatter]) -> list[str]:
     priority="P1",
     mrr=75_000,
     components=COMPONENTS,
-    drills=["threads-list-unscoped", "socket-writes-into-foreign-thread", "foreign-thread-403"],
+    drills=[
+        "threads-list-unscoped",
+        "socket-writes-into-foreign-thread",
+        "foreign-thread-403",
+        "owui-chat-access-admin-clause-dropped",
+    ],
 )
 async def test_concurrent_users_see_only_their_own_conversations(app: App, data_trail: Any) -> None:
     """Five users chat at once; replies, frames, threads, usage and thread access stay per user."""
@@ -288,7 +293,7 @@ async def refused_like_a_missing_thread(app: App, me: TestUser, thread_id: str, 
     priority="P1",
     mrr=75_000,
     components=["frontend", "auth", "backend", "postgres"],
-    drills=["foreign-thread-403"],
+    drills=["foreign-thread-403", "owui-chat-read-skips-ownership"],
 )
 async def test_another_users_conversation_answers_not_found(app: App, page: Any, ws_recorder: Any) -> None:
     """Someone asks the API for another person's conversation: 404 Not Found, exactly as for a

@@ -101,6 +101,8 @@ def _assert_usage_matches_messages(
         "usage-loses-request-id",
         "cost-rounded-to-cents",
         "routing-loses-reduce",
+        "owui-message-usage-swapped",
+        "owui-session-pool-forgets-chat",
     ],
 )
 async def test_identity_messages_usage_and_request_ids_agree_across_stores(

@@ -186,7 +186,7 @@ async def assert_turn_pg_only(app: App, turn: CompletedTurn) -> None:
     priority="P1",
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
-    drills=["llm-error-reported-as-internal"],
+    drills=["llm-error-reported-as-internal", "owui-message-usage-swapped"],
 )
 async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any
@@ -252,7 +252,7 @@ async def test_llm_error_shows_assistant_unavailable_and_next_message_succeeds(
     priority="P1",
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "clickhouse", "redis"],
-    drills=["llm-read-timeout-dropped"],
+    drills=["llm-read-timeout-dropped", "owui-stream-timeout-dropped"],
 )
 async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_succeeds(
     app: App, page: Any, ws_recorder: Any
@@ -340,7 +340,7 @@ async def test_llm_hang_times_out_with_assistant_unavailable_and_next_message_su
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "redis", "postgres", "clickhouse"],
     needs=["service_control", "session_restore"],
-    drills=["redis-outage-reported-as-internal"],
+    drills=["redis-outage-reported-as-internal", "owui-session-pool-forgets-chat"],
 )
 async def test_redis_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any
@@ -604,7 +604,7 @@ async def test_backend_crash_mid_reply_reconnects_and_restores_the_conversation(
     mrr=MRR,
     components=["frontend", "backend", "websocket", "agent", "llm", "postgres", "redis", "clickhouse"],
     needs=["service_control"],
-    drills=["postgres-outage-reported-as-internal"],
+    drills=["postgres-outage-reported-as-internal", "owui-auth-db-outage-unhandled"],
 )
 async def test_postgres_outage_refuses_the_message_and_the_same_session_recovers(
     app: App, page: Any, ws_recorder: Any

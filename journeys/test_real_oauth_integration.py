@@ -173,7 +173,7 @@ async def test_oauth_sign_in_creates_one_account_and_finds_it_again(app: App, pa
     mrr=150_000,
     components=COMPONENTS,
     needs=["oauth", "oauth_linking"],
-    drills=["oauth-link-wipes-password"],
+    drills=["oauth-link-wipes-password", "owui-oauth-merge-forgets-identity"],
 )
 async def test_oauth_links_to_an_existing_password_account(app: App, page: Any) -> None:
     """An email/password user who signs in with Acme ID (same, provider-verified email) keeps one account."""

@@ -308,7 +308,7 @@ async def test_third_concurrent_agent_run_is_throttled(app: App, page: Any, ws_r
     mrr=40_000,
     components=COMPONENTS,
     needs=["login_rate_limit"],
-    drills=["login-lock-off-by-one"],
+    drills=["login-lock-off-by-one", "owui-signin-limit-off-by-one"],
 )
 async def test_failed_logins_lock_one_email_for_its_window(app: App, page: Any) -> None:
     """After the allowed failed logins an email gets 429 (API) and "Too many attempts" (UI);

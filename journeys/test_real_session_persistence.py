@@ -55,7 +55,12 @@ async def open_conversation(
     mrr=25_000,
     components=COMPONENTS,
     needs=["session_restore", "service_control"],
-    drills=["greeting-forgets-thread", "logout-keeps-session"],
+    drills=[
+        "greeting-forgets-thread",
+        "logout-keeps-session",
+        "owui-session-pool-forgets-chat",
+        "owui-signout-keeps-token",
+    ],
 )
 async def test_session_survives_reload_backend_restart_and_logout(
     app: App, page: Any, ws_recorder: Any

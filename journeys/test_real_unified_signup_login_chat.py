@@ -30,7 +30,13 @@ COMPONENTS = [
     mrr=100_000,
     components=COMPONENTS,
     needs=["password_signup", "streaming"],
-    drills=["signup-profile-loses-name", "assistant-tokens-swapped", "usage-loses-request-id"],
+    drills=[
+        "signup-profile-loses-name",
+        "assistant-tokens-swapped",
+        "usage-loses-request-id",
+        "owui-message-usage-swapped",
+        "owui-session-pool-forgets-chat",
+    ],
 )
 async def test_signup_verify_login_and_first_agent_reply(app: App, page: Any, ws_recorder: Any) -> None:
     """A new person signs up in the UI, verifies by mail, logs in and gets a streamed agent reply."""
@@ -154,7 +160,13 @@ async def test_signup_verify_login_and_first_agent_reply(app: App, page: Any, ws
     mrr=100_000,
     components=["frontend", "auth", "postgres", "email"],
     needs=["password_signup"],
-    drills=["signup-email-case-duplicate", "login-skips-verification"],
+    drills=[
+        "signup-email-case-duplicate",
+        "login-skips-verification",
+        "owui-signup-skips-duplicate-check",
+        "owui-signup-skips-password-policy",
+        "owui-signin-unawaited-password-check",
+    ],
 )
 async def test_signup_and_login_failure_paths(case: str, app: App, page: Any) -> None:
     """Bad signups and logins get a clear message and leave no session or stray rows."""

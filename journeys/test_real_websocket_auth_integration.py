@@ -149,7 +149,15 @@ BAD_TOKENS = ["expired", "tampered signature", "wrong audience", "revoked by log
     priority="P0",
     mrr=50_000,
     components=COMPONENTS,
-    drills=["ws-skips-revocation-check", "ws-ignores-audience"],
+    drills=[
+        "ws-skips-revocation-check",
+        "ws-ignores-audience",
+        "owui-token-expiry-unchecked",
+        "owui-token-signature-unchecked",
+        "owui-token-audience-unchecked",
+        "owui-socket-skips-revocation",
+        "owui-signout-keeps-token",
+    ],
 )
 async def test_socket_refuses_bad_tokens(case: str, app: App, page: Any, ws_recorder: Any) -> None:
     """Expired, tampered, wrong-audience and revoked tokens are refused as unauthorized with no frame; the UI asks to log in."""

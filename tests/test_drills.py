@@ -431,3 +431,104 @@ def test_a_release_report_should_show_a_prove_result_as_its_detection_section(
     page = (pytester.path / "proved.html").read_text()
     assert "Detection on ref 1.0" in page and "measured 2026-12-01T15:55:00+00:00" in page
     assert "Not measured in this run" not in page
+
+
+# -- a pip-installed platform in its own venv (open-webui) ----------------------------------------
+def test_a_package_of_another_interpreter_should_be_found_with_it_and_its_big_folders_linked(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    (site / "toypkg" / "frontend").mkdir(parents=True)
+    (site / "toypkg" / "__init__.py").write_text("LIMIT = 5\n")
+    (site / "toypkg" / "frontend" / "index.html").write_text("<html></html>\n")
+    # The target's interpreter, as prove runs it: `python -I -c <find the package> toypkg`.
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\n[ "$1" = -I ] && [ "$4" = toypkg ] && echo {site / "toypkg"}\n')
+    python.chmod(0o755)
+    drills = load_drills(
+        write(
+            tmp_path,
+            f"""
+            package = "toypkg"
+            python = "{python}"
+            link = ["toypkg/frontend"]
+            [[drill]]
+            name = "limit-off-by-one"
+            breaks = "one more attempt than allowed"
+            file = "toypkg/__init__.py"
+            find = "LIMIT = 5"
+            replace = "LIMIT = 6"
+            """,
+        )
+    )
+    assert drills.original_root() == site.resolve()
+    with scratch_copy(drills, drills.drills[0]) as root:
+        assert (root / "toypkg" / "__init__.py").read_text() == "LIMIT = 6\n"
+        linked = root / "toypkg" / "frontend"
+        assert linked.is_symlink() and linked.resolve() == (site / "toypkg" / "frontend").resolve()
+    assert (site / "toypkg" / "__init__.py").read_text() == "LIMIT = 5\n", "the installed package was edited"
+    assert (site / "toypkg" / "frontend" / "index.html").is_file(), "removing the copy followed the link"
+    text = (tmp_path / "drills.toml").read_text()
+    with pytest.raises(DrillError, match="is not installed for"):
+        load_drills(write(tmp_path, text.replace("toypkg", "nopkg"))).original_root()
+    with pytest.raises(DrillError, match="inside a linked folder"):
+        load_drills(
+            write(tmp_path, text.replace('file = "toypkg/__init__.py"', 'file = "toypkg/frontend/x.py"'))
+        )
+    with pytest.raises(DrillError, match="'link' goes with 'package' only"):
+        load_drills(
+            write(tmp_path, ONE_DRILL.replace('source = "stack"', 'source = "stack"\nlink = ["stack/x"]'))
+        )
+
+
+def test_the_open_webui_drills_should_apply_to_the_installed_open_webui() -> None:
+    drills = load_drills(PROJECT / "targets" / "open_webui" / "drills.toml")
+    try:
+        root = drills.original_root()
+    except DrillError as exc:
+        pytest.skip(f"Open WebUI is not installed here: {exc}")
+    assert len(drills.drills) >= 10 and all(d.name.startswith("owui-") for d in drills.drills)
+    for drill in drills.drills:
+        patched_text(drills, drill, root)  # DrillError when Open WebUI changed under it
+
+
+def test_a_baseline_may_stop_at_a_registered_defect_or_be_not_applicable(tmp_path: Path) -> None:
+    run = sample_run()
+    run.baseline.update({"j.py::test_a": "xfailed", "k.py::test_k": "not applicable"})
+    assert run.baseline_ok, "a strict xfail of a registered defect is what the unpatched target does"
+    run.baseline["k.py::test_k"] = "xfailed (no registered defect)"
+    assert not run.baseline_ok and "k.py::test_k" in run.verdict()
+    # Under a drill, a declaring journey that stops at its registered defect did not catch it.
+    entries = [entry("c.py::test_control", "passed"), *(entry(f, "xfailed") for f in DECLARED)]
+    assert classify(result(), entries, 0, tmp_path / "log").status == SURVIVED
+
+
+def test_only_a_registered_defect_that_still_stands_should_count_as_xfailed() -> None:
+    from types import SimpleNamespace
+
+    from harness.plugin_prove import _skipped_outcome
+    from harness.report import DEFECT_STATUS_ATTR
+
+    standing = SimpleNamespace(wasxfail="OWUI-1", **{DEFECT_STATUS_ATTR: ("OWUI-1", "xfailed")})
+    assert _skipped_outcome(standing) == "xfailed"  # type: ignore[arg-type]
+    assert _skipped_outcome(SimpleNamespace(wasxfail="a plain xfail")) == "xfailed (no registered defect)"  # type: ignore[arg-type]
+    assert _skipped_outcome(SimpleNamespace()) == "skipped"  # type: ignore[arg-type]
+
+
+def test_a_parametrized_journey_should_show_its_most_telling_outcome() -> None:
+    from harness.detection import merge_outcome
+
+    def merged(*outcomes: str) -> str:
+        shown: str | None = None
+        for outcome in outcomes:
+            shown = merge_outcome(shown, outcome)
+        assert shown is not None
+        return shown
+
+    assert merged("passed", "passed", "not applicable") == "passed", "a case not applicable hides no pass"
+    assert merged("xfailed (no registered defect)", "not applicable") == "xfailed (no registered defect)"
+    assert merged("passed", "xfailed") == "xfailed"
+    assert merged("failed", "passed", "skipped") == "failed"
+    run = sample_run()
+    run.results[1].outcomes = {"k.py::test_k": "xfailed"}
+    assert run.cells(run.results[1])["K"] == "xf"

@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.target import declared_name
+
 PROJECT = Path(__file__).resolve().parent.parent
 DRILLS_FILE = "drills.toml"
 SOURCE_ROOT_ENV = "THROUGHLINE_SOURCE_ROOT"  # where the stack imports the platform's code from
@@ -225,16 +227,6 @@ def load_target_drills(target_folder: Path) -> DrillSet | None:
     return load_drills(path) if path.is_file() else None
 
 
-def _target_name(folder: Path) -> str:
-    """The name a target folder's target.toml declares (the folder's name when it declares none)."""
-    try:
-        with open(folder / "target.toml", "rb") as fh:
-            name = tomllib.load(fh).get("name")
-    except (OSError, tomllib.TOMLDecodeError):
-        return folder.name
-    return name if isinstance(name, str) and name else folder.name
-
-
 def drill_owners(folders: list[Path]) -> dict[str, str]:
     """Every drill name of these target folders -> the target declaring it; a name of two targets is an error.
 
@@ -243,7 +235,7 @@ def drill_owners(folders: list[Path]) -> dict[str, str]:
     owners: dict[str, str] = {}
     for folder in folders:
         drills = load_target_drills(folder)
-        target = _target_name(folder)
+        target = declared_name(folder)
         for name in drills.names() if drills else ():
             if name in owners and owners[name] != target:
                 raise DrillError(

@@ -106,7 +106,7 @@ def search_path() -> list[Path]:
     return [*extra, PROJECT_TARGETS]
 
 
-def _declared_name(folder: Path) -> str:
+def declared_name(folder: Path) -> str:
     """The `name` a target.toml declares (its folder's name when it declares none or cannot be read)."""
     try:
         with open(folder / "target.toml", "rb") as fh:
@@ -130,7 +130,7 @@ def target_folders() -> list[Path]:
 
 
 def known_targets() -> list[str]:
-    return sorted(dict.fromkeys(_declared_name(folder) for folder in _target_folders()))
+    return sorted(dict.fromkeys(declared_name(folder) for folder in _target_folders()))
 
 
 def find_target_folder(name: str) -> Path:
@@ -139,7 +139,7 @@ def find_target_folder(name: str) -> Path:
     if (as_path / "target.toml").is_file():
         return as_path.resolve()
     for folder in _target_folders():
-        if name in (folder.name, _declared_name(folder)):
+        if name in (folder.name, declared_name(folder)):
             return folder.resolve()
     raise TargetError(f"unknown target {name!r}; known targets: {', '.join(known_targets()) or '(none)'}")
 

@@ -11,20 +11,33 @@ JOURNEYS ?= journeys
 PYTEST_ARGS ?=
 E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),)
 
-.PHONY: bootstrap test e2e prove lint typecheck bench stack-up stack-down clean doctor
+.PHONY: bootstrap test e2e durations prove lint typecheck bench stack-up stack-down clean doctor
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 	@if [ -n "$(TARGET)" ] && [ -x "targets/$(subst -,_,$(TARGET))/bootstrap.sh" ]; then bash "targets/$(subst -,_,$(TARGET))/bootstrap.sh"; fi
 
+# Two workers by default (TEST_WORKERS=1: serial); a test file stays on one worker (--dist
+# loadfile), so its module fixtures start once.
+TEST_WORKERS ?= 2
 test: bootstrap lint
 	@mkdir -p $(REPORTS)
-	$(PYTEST) tests journeys --junitxml=$(REPORTS)/junit-test.xml $(PYTEST_ARGS)
+	$(PYTEST) tests journeys --junitxml=$(REPORTS)/junit-test.xml \
+		$(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
+# Each run writes under $(REPORTS)/runs/<id>/ (report.html, junit.xml, results.json, artifacts/);
+# $(REPORTS)/latest points at the newest. WORKERS=N runs N workers, each with its own stack;
+# SHARD=i/n runs one shard of n, balanced by targets/<name>/durations.json (docs/parallel.md).
 e2e: bootstrap
 	@mkdir -p $(REPORTS)
-	$(PYTEST) $(JOURNEYS) $(E2E_FLAGS) --html=$(REPORTS)/report.html --self-contained-html \
-		--junitxml=$(REPORTS)/junit.xml $(PYTEST_ARGS)
+	$(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS) $(E2E_FLAGS) \
+		$(if $(WORKERS),--workers $(WORKERS),) $(if $(SHARD),--shard $(SHARD),) $(PYTEST_ARGS)
+
+# Record the journeys' durations for SHARD= (one serial run, then its results).
+durations: bootstrap
+	@mkdir -p $(REPORTS)
+	$(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS)/durations $(E2E_FLAGS) $(PYTEST_ARGS)
+	$(PY) -m harness.cli durations $(REPORTS)/durations/latest $(if $(TARGET),--target $(TARGET),)
 
 # Break the platform on purpose, drill by drill (targets/<name>/drills.toml; docs/prove.md).
 prove: bootstrap

@@ -1,4 +1,4 @@
-"""`throughline`: stack up|down|status|env, run, doctor, prove."""
+"""`throughline`: stack up|down|status|env, run, doctor, prove, report merge, durations."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pathlib import Path
 
 from harness import prove as prove_mod
 from harness.declaration import DeclarationError
+from harness.merge import merge_runs
+from harness.plugin_parallel import ParallelError, durations_path, load_durations, parse_shard, parse_workers
 from harness.process import ServiceStartError
+from harness.results import ResultsError, RunResults, durations_of, find_results
 from harness.stack import (
     Stack,
     declaration_of,
@@ -229,11 +232,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if ok_all else 1
 
 
+def _run_input_error(args: argparse.Namespace, target: Target) -> str | None:
+    """Why -n / --shard / the durations file cannot be used, in one line; None when they can."""
+    try:
+        if args.workers is not None:
+            parse_workers(args.workers)
+        if args.shard is not None:
+            parse_shard(args.shard)
+            load_durations(durations_path(target.folder))
+    except ParallelError as exc:
+        return str(exc)
+    return None
+
+
+def _has_path(extra: list[str]) -> bool:
+    """True when the pytest arguments already name what to run (a file, folder or node id)."""
+    return any(not a.startswith("-") and Path(a.split("::", 1)[0]).exists() for a in extra)
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    argv = [sys.executable, "-m", "pytest", "journeys"]
+    target = _target(args)
+    if target is None:
+        return 2
+    error = _run_input_error(args, target)
+    if error is not None:
+        print(f"throughline: {error}", file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", "pytest"] + ([] if _has_path(extra) else ["journeys"])
     if args.target:
-        if _target(args) is None:
-            return 2
         argv += ["--target", args.target]
     if args.headed:
         argv.append("--headed")
@@ -241,8 +267,55 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         argv += ["--slowmo", str(args.slowmo)]
     if args.k:
         argv += ["-k", args.k]
+    if args.workers is not None and parse_workers(args.workers) > 1:
+        argv += ["-n", str(parse_workers(args.workers))]
+    if args.shard:
+        argv += ["--shard", args.shard]
+    if args.reports:
+        argv += ["--reports", args.reports]
     argv += extra
     return subprocess.call(argv)
+
+
+def cmd_report_merge(args: argparse.Namespace) -> int:
+    try:
+        merged = merge_runs([Path(p) for p in args.inputs], Path(args.out))
+    except ResultsError as exc:
+        print(f"throughline: {exc}", file=sys.stderr)
+        return 2
+    counts = merged.results.counts()
+    tally = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    print(
+        f"merged {len(merged.results.sources)} result file(s) of {merged.results.target}: "
+        f"{len(merged.results.tests)} tests ({tally or 'none'})"
+    )
+    print(f"  report  {merged.report}\n  junit   {merged.junit}\n  results {merged.results_file}")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_durations(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if target is None:
+        return 2
+    try:
+        runs = [RunResults.load(p) for p in find_results([Path(p) for p in args.inputs])]
+    except ResultsError as exc:
+        print(f"throughline: {exc}", file=sys.stderr)
+        return 2
+    other = sorted({r.target for r in runs if r.target != target.name})
+    if other:
+        print(f"throughline: these results ran {', '.join(other)}, not {target.name}", file=sys.stderr)
+        return 2
+    durations = durations_of(runs)
+    if not durations:
+        print("throughline: no test in these results ran its body; nothing to record", file=sys.stderr)
+        return 2
+    path = durations_path(target.folder)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(durations, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"recorded {len(durations)} test durations ({sum(durations.values()):.0f} s in all) in {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,12 +339,36 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--headed", action="store_true")
     run.add_argument("--slowmo", type=int, default=0)
     run.add_argument("-k", default=None)
+    run.add_argument(
+        "-n", "--workers", default=None, help="run N workers side by side, each with its own stack"
+    )
+    run.add_argument(
+        "--shard", default=None, help="run shard i of n (i/n), balanced by the target's recorded durations"
+    )
+    run.add_argument(
+        "--reports",
+        default="reports",
+        help="the run's report, JUnit, results and artifacts go to DIR/runs/<id>/; DIR/latest points "
+        "at it (default: reports; '' for pytest's own options)",
+    )
+    report_cmd = sub.add_parser("report", help="release reports from results")
+    report_sub = report_cmd.add_subparsers(dest="action", required=True)
+    merge_cmd = report_sub.add_parser(
+        "merge", help="one HTML report, JUnit and results.json from many shards or workers"
+    )
+    merge_cmd.add_argument("inputs", nargs="+", help="run folders (with results.json), or folders of them")
+    merge_cmd.add_argument("--out", default="reports/merged", help="where the merged files go")
+    durations = sub.add_parser(
+        "durations",
+        help="record the tests' durations from results, for --shard (targets/<name>/durations.json)",
+    )
+    durations.add_argument("inputs", nargs="+", help="run folders (with results.json), e.g. reports/latest")
     prove = sub.add_parser(
         "prove",
         help="break the platform on purpose, drill by drill, and show which journey catches each",
     )
     prove_mod.add_arguments(prove)
-    for command in (up, down, status, env, doctor, run, prove):
+    for command in (up, down, status, env, doctor, run, prove, durations):
         command.add_argument("--target", default=None, help=target_help)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
@@ -282,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_doctor(args)
     if args.command == "prove":
         return prove_mod.main(args)
+    if args.command == "report":
+        return cmd_report_merge(args)
+    if args.command == "durations":
+        return cmd_durations(args)
     return {"up": cmd_stack_up, "down": cmd_stack_down, "status": cmd_stack_status, "env": cmd_stack_env}[
         args.action
     ](args)

@@ -18,6 +18,7 @@ import pytest
 from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
 from harness.capabilities import NotApplicable, mark_not_applicable, not_applicable_reason
 from harness.declaration import DeclarationError
+from harness.plugin_parallel import note_worker_stack
 from harness.stack import ServiceNotControllable, Stack, declaration_of, parse_only
 from harness.target import Target, TargetError, load_target
 
@@ -107,6 +108,7 @@ def stack(pytestconfig: pytest.Config, target: Target, stack_services: tuple[str
         target, only=stack_services or None, keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir"))
     )
     world.start()
+    note_worker_stack(pytestconfig, world.run_dir)
     _register_report_providers(world)
     try:
         yield world

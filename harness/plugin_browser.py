@@ -14,6 +14,7 @@ and adds --browser-executable and --browser-ws.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import pytest_asyncio
 from _pytest._code.code import ReprFileLocation
 from playwright.async_api import Browser, BrowserContext, BrowserType, Error, Page, expect
 
-from harness import report
+from harness import report, results
 from harness.browser import (
     BrowserSettings,
     BrowserSettingsError,
@@ -33,7 +34,8 @@ from harness.browser import (
     resolve_chromium_executable,
 )
 from harness.journey import MARKER_HELP, JourneyInfo, JourneyMarkerError, journey_info
-from harness.redact import redact
+from harness.plugin_parallel import artifacts_dir_for
+from harness.redact import redact, redact_value
 from harness.steps import StepLog, count_steps, start_step_log
 from harness.ws_recorder import WsRecorder
 
@@ -113,7 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ("tracing", settings.tracing),
         ("video", settings.video),
         ("screenshot", settings.screenshot),
-        ("output", str(settings.artifacts_dir)),
+        ("output", str(artifacts_dir_for(config, settings.artifacts_dir))),
         ("headed", settings.headed),
         ("slowmo", settings.slow_mo_ms),
     ):
@@ -177,6 +179,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep: pytest.TestReport = outcome.get_result()
     evidence = item.stash.get(EVIDENCE_KEY, None)
     extras: list[Any] = list(getattr(rep, "extras", []))
+    _attach_results(item, rep, evidence)
     # A strict XPASS (a known defect that no longer shows) fails without an error: no failure evidence.
     is_xpass = rep.failed and isinstance(rep.longrepr, str) and rep.longrepr.startswith("[XPASS(strict)]")
     if evidence is not None:
@@ -234,6 +237,44 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     _redact_report(rep)
     if extras:
         rep.extras = extras  # type: ignore[attr-defined]
+
+
+def _attach_results(item: pytest.Item, rep: pytest.TestReport, evidence: TestEvidence | None) -> None:
+    """What the results (harness/results.py) need of this test, on the report itself: under
+    pytest-xdist the report is all that reaches the controller."""
+    info = item.stash.get(JOURNEY_KEY, None)
+    if info is not None:
+        setattr(rep, results.JOURNEY_ATTR, report.journey_info_dict(info))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        setattr(rep, results.WORKER_ATTR, worker)
+    if evidence is not None and rep.when == "call":
+        setattr(rep, results.STEPS_ATTR, [_step_dict(r) for r in evidence.step_log.records])
+        setattr(rep, results.PROBES_ATTR, _probe_dicts(evidence.data_trail))
+    if rep.when == "teardown":
+        setattr(rep, results.ENVIRONMENT_ATTR, report.environment_snapshot())
+
+
+def _step_dict(record: Any) -> dict[str, Any]:
+    return {
+        "number": record.number,
+        "name": redact(record.name),
+        "depth": record.depth,
+        "status": record.status,
+        "duration": record.duration,
+        "note": redact(record.note) if record.note else None,
+    }
+
+
+def _probe_dicts(trail: report.DataTrail, limit: int = 500) -> list[dict[str, Any]]:
+    out = []
+    for entry in trail.entries():
+        try:
+            value = json.dumps(redact_value(entry.value), default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            value = repr(entry.value)
+        out.append({"label": entry.label, "query": redact(entry.query), "value": redact(value[:limit])})
+    return out
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

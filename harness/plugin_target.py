@@ -38,6 +38,7 @@ from harness.journey import NEEDS_MARKER_HELP, JourneyMarkerError, journey_info,
 from harness.plugin import selected_target
 from harness.plugin_browser import EVIDENCE_KEY
 from harness.redact import redact
+from harness.results import REGISTERED_DEFECT_ATTR
 from harness.steps import StepLog, current_step_log
 from harness.target import Defect, Target, target_folders
 
@@ -86,7 +87,6 @@ def pytest_configure(config: pytest.Config) -> None:
                 "which does not exist"
             )
     config.stash[report.TARGET_KEY] = target
-    config.stash[report.DEFECTS_KEY] = {}
     try:
         own = load_target_drills(target.folder)
         owners = drill_owners([*target_folders(), target.folder])
@@ -135,7 +135,6 @@ def _check_drills(collector: pytest.Collector, item: pytest.Function, names: tup
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     target = selected_target(config)
-    applied = config.stash.setdefault(report.DEFECTS_KEY, {})
     for item in items:
         try:
             lacking = target.lacking(needs_of(item))
@@ -151,7 +150,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             defect = matching[-1]
             item.add_marker(pytest.mark.xfail(strict=True, reason=defect.reason()))
             item.stash[DEFECT_KEY] = defect
-            applied[item.nodeid] = defect
 
 
 @pytest.hookimpl(tryfirst=True)  # before any fixture, and before other skip/xfail marks are read
@@ -169,6 +167,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if reason is not None and rep.when == "setup" and rep.skipped:
         mark_not_applicable(rep, _location(item), reason)
     defect = item.stash.get(DEFECT_KEY, None)
+    if defect is not None:
+        setattr(rep, REGISTERED_DEFECT_ATTR, defect.id)  # travels to the report (and xdist's controller)
     if defect is None or not_applicable_reason_of(rep) is not None:
         return rep
     target = selected_target(item.config)

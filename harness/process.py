@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import pwd
+import random
 import re
 import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +43,9 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
-_allocated_ports: set[int] = set()
+_allocated_ports: dict[int, int] = {}  # port -> the fd of its machine-wide reservation (free_port)
+PORT_RANGE_START = 20000
+PORT_LOCK_DIR = Path(tempfile.gettempdir()) / ".throughline-ports"
 _port_lock = threading.Lock()
 
 
@@ -101,17 +106,51 @@ def is_port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def _port_range() -> range:
+    """Where the harness picks service ports: below the kernel's ephemeral range (from which every
+    outgoing connection takes its local port), so no client socket of any process can take a port
+    between our pick and the service's bind."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if low - 1 - PORT_RANGE_START >= 2000:
+        return range(PORT_RANGE_START, low)
+    return range(high + 1, 65536) if 65535 - high >= 2000 else range(PORT_RANGE_START, 65536)
+
+
+def _reserve(port: int) -> bool:
+    """Take the machine-wide reservation of `port` (an flock held until this process ends, even by
+    SIGKILL): parallel workers and concurrent runs never pick the same port."""
+    try:
+        PORT_LOCK_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
+        fd = os.open(PORT_LOCK_DIR / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file: that user's reservation, not ours to take
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _allocated_ports[port] = fd
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free TCP port on loopback, never handed out twice by this process (safe for parallel services)."""
+    """A free TCP port on loopback, reserved for this process: never handed out twice on this
+    machine while this process lives, whichever Throughline process asks (pytest-xdist workers,
+    two runs at once)."""
+    ports = _port_range()
     with _port_lock:
-        for _ in range(50):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
-            if port not in _allocated_ports:
-                _allocated_ports.add(port)
+        start = random.randrange(len(ports))
+        for i in range(len(ports)):
+            port = ports[(start + i) % len(ports)]
+            if port in _allocated_ports or not _reserve(port):
+                continue
+            if is_port_free(port, host):
                 return port
-    raise RuntimeError("could not find a free TCP port on loopback")
+            os.close(_allocated_ports.pop(port))  # something else listens there
+    raise RuntimeError(f"could not find a free TCP port on loopback in {ports.start}-{ports.stop - 1}")
 
 
 def unprivileged_user() -> pwd.struct_passwd | None:

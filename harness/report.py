@@ -11,7 +11,7 @@ The stack fixture hands the report what only it knows:
     })
 
 The target plugin (harness/plugin_target.py) hands it the session's target and the defects it
-registered as xfails (TARGET_KEY, DEFECTS_KEY); a report says per test whether it was not
+registered as xfails (TARGET_KEY; each report names its registered defect); a report says per test whether it was not
 applicable (harness.capabilities.not_applicable_reason_of) or showed a registered defect
 (defect_status_of).
 
@@ -34,6 +34,17 @@ from harness.capabilities import not_applicable_reason_of
 from harness.detection import CAUGHT, ProveRun
 from harness.journey import COMPONENTS, PRIORITIES, JourneyInfo
 from harness.redact import redact, redact_value
+from harness.results import (
+    DEFECT_STATUS_ATTR,
+    FAILED,
+    JOURNEY_ATTR,
+    KNOWN_DEFECT,
+    NOT_APPLICABLE,
+    OUTCOMES,
+    PASSED,
+    SKIPPED,
+    RunResults,
+)
 from harness.target import Defect, Target
 
 LogTailProvider = Callable[[], dict[str, str]]
@@ -45,11 +56,9 @@ _environment_snapshot: dict[str, Any] = {}
 
 JOURNEYS_KEY = pytest.StashKey[dict[str, JourneyInfo]]()
 TARGET_KEY = pytest.StashKey[Target]()  # the platform under test
-DEFECTS_KEY = pytest.StashKey[dict[str, Defect]]()  # node id -> the registered defect it must show
 
-# How a registered defect showed in one test report: (defect id, status), where status is
-# "xfailed" (it still stands), "fixed" (XPASS strict) or "not the defect" (failed elsewhere).
-DEFECT_STATUS_ATTR = "throughline_defect"
+# How a registered defect showed in one test report (DEFECT_STATUS_ATTR): (defect id, status),
+# where status is "xfailed" (it still stands), "fixed" (XPASS strict) or "not the defect".
 DefectStatus = tuple[str, str]
 DEFECT_RUN_TEXT = {
     "xfailed": "still stands (xfailed)",
@@ -91,6 +100,12 @@ def _refresh_environment() -> None:
             _environment_snapshot.update(fn() or {})
         except Exception as exc:  # noqa: BLE001 - the report must not fail because a provider did
             _environment_snapshot[f"provider error ({getattr(fn, '__name__', 'provider')})"] = repr(exc)
+
+
+def environment_snapshot() -> dict[str, Any]:
+    """The registered providers' environment, as of now (a copy)."""
+    _refresh_environment()
+    return dict(_environment_snapshot)
 
 
 def collect_log_tails(lines: int = LOG_TAIL_LINES) -> dict[str, str]:
@@ -184,40 +199,6 @@ def money(value: int) -> str:
 
 
 # -- the pytest-html side -------------------------------------------------------------
-PASSED, FAILED, NOT_APPLICABLE, KNOWN_DEFECT, SKIPPED = (
-    "passed",
-    "failed",
-    "not applicable",
-    "known defect",
-    "skipped",
-)
-OUTCOMES = (PASSED, FAILED, NOT_APPLICABLE, KNOWN_DEFECT, SKIPPED)
-_RANK = {FAILED: 0, NOT_APPLICABLE: 1, KNOWN_DEFECT: 2, SKIPPED: 3, PASSED: 4}  # a test's worst phase wins
-
-
-@dataclass
-class _Outcome:
-    outcome: str = PASSED
-    duration: float = 0.0
-    reason: str | None = None  # why it is not applicable
-    defect: DefectStatus | None = None
-
-    def update(self, report: pytest.TestReport) -> None:
-        self.duration += report.duration
-        self.defect = defect_status_of(report) or self.defect
-        reason = not_applicable_reason_of(report)
-        if report.failed:
-            seen = FAILED
-        elif reason is not None:
-            seen, self.reason = NOT_APPLICABLE, reason
-        elif report.skipped:
-            seen = KNOWN_DEFECT if self.defect and self.defect[1] == "xfailed" else SKIPPED
-        else:
-            seen = PASSED
-        if _RANK[seen] < _RANK[self.outcome]:
-            self.outcome = seen
-
-
 _ORDER = {FAILED: 0, KNOWN_DEFECT: 1, SKIPPED: 2, NOT_APPLICABLE: 3, PASSED: 4}  # summary rows: worst first
 _SUMMARY_CSS = (
     "<style>.tl-table{border-collapse:collapse;margin:8px 0 14px}"
@@ -262,24 +243,39 @@ def _tally(counts: dict[str, int]) -> str:
     )
 
 
+def journey_info_dict(info: JourneyInfo) -> dict[str, Any]:
+    """What a test report carries of its journey marker (to the xdist controller, into results.json)."""
+    return {
+        "name": info.name,
+        "priority": info.priority,
+        "mrr": info.mrr,
+        "components": list(info.components),
+    }
+
+
 @dataclass(eq=False)  # registered as a pluggy plugin: must stay hashable
 class ReportPlugin:
-    """Registered by the browser plugin; its pytest-html hooks are optional (no pytest-html, no-op)."""
+    """Registered by the browser plugin; its pytest-html hooks are optional (no pytest-html, no-op).
+
+    Every report is folded into `results` (harness/results.py), on the xdist controller too: the
+    summary is computed from those records only, so a merged run's summary is the same code's.
+    """
 
     config: pytest.Config
-    started: float = field(default_factory=time.time)
-    outcomes: dict[str, _Outcome] = field(default_factory=dict)
-
-    @property
-    def journeys(self) -> dict[str, JourneyInfo]:
-        return self.config.stash.get(JOURNEYS_KEY, {})
+    results: RunResults = field(default_factory=lambda: RunResults(target=""))
 
     @property
     def target(self) -> Target | None:
         return self.config.stash.get(TARGET_KEY, None)
 
+    def pytest_sessionstart(self, session: Any) -> None:
+        target = self.target
+        if target is not None:
+            self.results.target, self.results.target_title = target.name, target.title
+        self.results.workers = int(getattr(self.config.option, "numprocesses", 0) or 0)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.outcomes.setdefault(report.nodeid, _Outcome()).update(report)
+        self.results.record(report)
         if report.when == "teardown":
             _refresh_environment()
 
@@ -296,10 +292,11 @@ class ReportPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
-        info = self.journeys.get(getattr(report, "nodeid", ""))
-        cells.insert(2, f'<td class="col-priority">{esc(info.priority) if info else "—"}</td>')
-        cells.insert(3, f'<td class="col-mrr">{money(info.mrr) if info else "—"}</td>')
-        cells.insert(4, f'<td class="col-components">{esc(", ".join(info.components)) if info else ""}</td>')
+        info = getattr(report, JOURNEY_ATTR, None)
+        cells.insert(2, f'<td class="col-priority">{esc(info["priority"]) if info else "—"}</td>')
+        cells.insert(3, f'<td class="col-mrr">{money(info["mrr"]) if info else "—"}</td>')
+        components = ", ".join(info["components"]) if info else ""
+        cells.insert(4, f'<td class="col-components">{esc(components)}</td>')
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_html(self, report: Any, data: list[str]) -> None:
@@ -316,193 +313,233 @@ class ReportPlugin:
     ) -> None:
         prefix.append(self.summary_html())
 
-    # -- the release manager's summary ----------------------------------------------
-    def journey_results(self) -> list[JourneyResult]:
-        """Tests grouped by journey name: a journey fails if any of its tests failed."""
-        grouped: dict[str, JourneyResult] = {}
-        for nid, info in self.journeys.items():
-            if nid not in self.outcomes:
-                continue
-            result = grouped.setdefault(info.name, JourneyResult(info.name, info.priority, info.mrr))
-            result.components.update(info.components)
-            result.tests[nid] = self.outcomes[nid].outcome
-        return sorted(grouped.values(), key=lambda r: (_ORDER[r.outcome], r.priority, -r.mrr, r.name))
+    def finish(self) -> RunResults:
+        """The run's results, closed now, with the environment as last seen."""
+        _refresh_environment()
+        self.results.environment = dict(_environment_snapshot)
+        self.results.finished = time.time()
+        return self.results
 
     def summary_html(self) -> str:
-        target = self.target
-        journeys = self.journey_results()
-        on = f": {esc(target.title)}" if target else ""
-        parts = [_SUMMARY_CSS, f'<div class="tl-summary"><h2>Release summary{on}</h2>']
-        if target is not None and target.description:
-            parts.append(f"<p>Target <b>{esc(target.title)}</b>: {esc(target.description)}</p>")
-        protected = sum(j.mrr for j in journeys if j.outcome == PASSED)
-        at_risk = sum(j.mrr for j in journeys if j.outcome == FAILED)
-        behind_defects = sum(j.mrr for j in journeys if j.outcome == KNOWN_DEFECT)
-        counts = _counts(j.outcome for j in journeys)
-        test_counts = _counts(o.outcome for o in self.outcomes.values())
-        tests = sum(len(j.tests) for j in journeys)
-        duration = time.time() - self.started
-        # Known defects and not-applicable journeys are stated, not failures: only a failure turns it.
-        if any(j.outcome == FAILED and j.priority == "P0" for j in journeys):
-            verdict = "RELEASE BLOCKED"
-        elif counts[FAILED] or test_counts[FAILED]:
-            verdict = "AT RISK"
-        else:
-            verdict = "GREEN"
-        css = {"GREEN": "tl-green", "AT RISK": "tl-amber", "RELEASE BLOCKED": "tl-red"}[verdict]
-        where = f" on {esc(target.title)}" if target else ""
-        parts.append(
-            f'<p class="tl-verdict {css}"><b>{verdict}</b>: {len(journeys)} journeys ({tests} tests){where}, '
-            f"{_tally(counts)}. Tests: {_tally(test_counts)}. "
-            f"MRR protected {money(protected)}; MRR at risk {money(at_risk)}; "
-            f"MRR behind known defects {money(behind_defects)}. "
-            f"Suite duration {duration:.1f} s.</p>"
-        )
-        parts.append(
-            '<table class="tl-table"><tr><th>Priority</th><th>Journeys</th><th>Passed</th><th>Failed</th>'
-            "<th>Not applicable</th><th>Known defects</th><th>Skipped</th>"
-            "<th>MRR protected</th><th>MRR at risk</th></tr>"
-        )
-        for priority in PRIORITIES:
-            these = [j for j in journeys if j.priority == priority]
-            if not these:
-                continue
-            c = _counts(j.outcome for j in these)
-            p = sum(j.mrr for j in these if j.outcome == PASSED)
-            r = sum(j.mrr for j in these if j.outcome == FAILED)
-            parts.append(
-                f"<tr><td>{priority}</td><td>{len(these)}</td><td>{c[PASSED]}</td><td>{c[FAILED]}</td>"
-                f"<td>{c[NOT_APPLICABLE]}</td><td>{c[KNOWN_DEFECT]}</td><td>{c[SKIPPED]}</td>"
-                f"<td>{money(p)}</td><td>{money(r)}</td></tr>"
-            )
-        parts.append("</table>")
-        if journeys:
-            parts.append(
-                '<table class="tl-table"><tr><th>Journey</th><th>Priority</th><th>Result</th><th>Tests</th>'
-                "<th>MRR</th><th>Components</th></tr>"
-            )
-            for j in journeys:
-                passed = sum(1 for o in j.tests.values() if o == PASSED)
-                parts.append(
-                    f"<tr class='tl-{j.outcome.replace(' ', '-')}'><td title='{esc(chr(10).join(j.tests))}'>"
-                    f"{esc(j.name)}</td><td>{j.priority}</td><td>{j.outcome}</td><td>{passed}/{len(j.tests)}</td>"
-                    f"<td>{money(j.mrr)}</td><td>{esc(', '.join(sorted(j.components)))}</td></tr>"
-                )
-            parts.append("</table>")
-        covered = sorted({c for j in journeys for c in j.components})
-        passed_cov = sorted({c for j in journeys if j.outcome == PASSED for c in j.components})
-        parts.append(
-            f"<p>Components covered: {esc(', '.join(covered) or 'none')} "
-            f"({len(covered)}/{len(COMPONENTS)}); proven by a passing journey: "
-            f"{esc(', '.join(passed_cov) or 'none')}; not covered: "
-            f"{esc(', '.join(sorted(COMPONENTS - set(covered))) or 'none')}.</p>"
-        )
-        if target is not None:
-            parts.append(self._not_applicable_html(target))
-            parts.append(self._defects_html(target))
-        parts.append(self._detection_html())
-        parts.append(self._environment_html())
-        parts.append("</div>")
-        return "".join(parts)
+        self.finish()
+        return summary_html(self.results, self.target, self.config.getoption("--detection", None))
 
-    def _not_applicable_html(self, target: Target) -> str:
-        rows = [(nid, o.reason or "") for nid, o in self.outcomes.items() if o.outcome == NOT_APPLICABLE]
-        if not rows:
-            return (
-                f"<h3>Not applicable on {esc(target.name)}</h3><p>None: every test that ran applies to "
-                f"{esc(target.name)}.</p>"
-            )
-        parts = [
-            f"<h3>Not applicable on {esc(target.name)}</h3>",
-            '<table class="tl-table"><tr><th>Test</th><th>Reason</th></tr>',
-        ]
-        parts += [
-            f"<tr class='tl-not-applicable'><td>{esc(nid)}</td><td>{esc(why)}</td></tr>" for nid, why in rows
-        ]
-        parts.append("</table>")
-        return "".join(parts)
+    def journey_results(self) -> list[JourneyResult]:
+        return journey_results(self.results)
 
     def defect_runs(self, defect: Defect) -> list[tuple[str, str]]:
-        """(node id, how it ran) for every test the defect was applied to this run."""
-        applied = self.config.stash.get(DEFECTS_KEY, {})
-        runs = []
-        for nid, registered in applied.items():
-            if registered.id != defect.id:
-                continue
-            entry = self.outcomes.get(nid)
-            if entry is None:
-                runs.append((nid, "not run"))
-            elif entry.outcome == NOT_APPLICABLE:
-                runs.append((nid, "not run (not applicable)"))
-            elif entry.defect is not None:
-                runs.append((nid, DEFECT_RUN_TEXT.get(entry.defect[1], entry.defect[1])))
-            else:
-                runs.append((nid, "not run" if entry.outcome == SKIPPED else entry.outcome))
-        return runs
+        return defect_runs(self.results, defect)
 
-    def _defects_html(self, target: Target) -> str:
-        if not target.defects:
-            return (
-                f"<h3>Defects found in {esc(target.name)}</h3><p>None registered "
-                f"({esc(str(target.folder / 'defects.toml'))}).</p>"
-            )
-        parts = [
-            f"<h3>Defects found in {esc(target.name)}</h3>",
-            '<table class="tl-table"><tr><th>Defect</th><th>Summary</th><th>Evidence</th><th>Test</th>'
-            "<th>Step</th><th>This run</th></tr>",
-        ]
-        for defect in target.defects:
-            runs = self.defect_runs(defect) or [(defect.test, "not run")]
-            this_run = "<br>".join(
-                esc(status) if len(runs) == 1 else f"{esc(nid)}: {esc(status)}" for nid, status in runs
-            )
+
+# -- the release manager's summary, from results only ------------------------------------
+def journey_results(results: RunResults) -> list[JourneyResult]:
+    """Tests grouped by journey name: a journey fails if any of its tests failed."""
+    grouped: dict[str, JourneyResult] = {}
+    for nid, rec in results.tests.items():
+        info = rec.journey
+        if not info:
+            continue
+        result = grouped.setdefault(info["name"], JourneyResult(info["name"], info["priority"], info["mrr"]))
+        result.components.update(info["components"])
+        result.tests[nid] = rec.outcome
+    return sorted(grouped.values(), key=lambda r: (_ORDER[r.outcome], r.priority, -r.mrr, r.name))
+
+
+def verdict_of(results: RunResults) -> str:
+    """GREEN, AT RISK (a failure), or RELEASE BLOCKED (a P0 journey failed)."""
+    journeys = journey_results(results)
+    # Known defects and not-applicable journeys are stated, not failures: only a failure turns it.
+    if any(j.outcome == FAILED and j.priority == "P0" for j in journeys):
+        return "RELEASE BLOCKED"
+    if any(j.outcome == FAILED for j in journeys) or results.counts()[FAILED]:
+        return "AT RISK"
+    return "GREEN"
+
+
+def summary_html(results: RunResults, target: Target | None, detection: str | None = None) -> str:
+    """The release summary: verdict, journeys by priority, MRR, not applicable, defects, environment."""
+    journeys = journey_results(results)
+    on = f": {esc(target.title)}" if target else ""
+    parts = [_SUMMARY_CSS, f'<div class="tl-summary"><h2>Release summary{on}</h2>']
+    if target is not None and target.description:
+        parts.append(f"<p>Target <b>{esc(target.title)}</b>: {esc(target.description)}</p>")
+    protected = sum(j.mrr for j in journeys if j.outcome == PASSED)
+    at_risk = sum(j.mrr for j in journeys if j.outcome == FAILED)
+    behind_defects = sum(j.mrr for j in journeys if j.outcome == KNOWN_DEFECT)
+    counts = _counts(j.outcome for j in journeys)
+    test_counts = results.counts()
+    tests = sum(len(j.tests) for j in journeys)
+    verdict = verdict_of(results)
+    css = {"GREEN": "tl-green", "AT RISK": "tl-amber", "RELEASE BLOCKED": "tl-red"}[verdict]
+    where = f" on {esc(target.title)}" if target else ""
+    how = []
+    if results.shard:
+        how.append(f"shard {esc(results.shard)}")
+    if results.workers:
+        how.append(f"{results.workers} workers")
+    ran = f" ({', '.join(how)})" if how else ""
+    parts.append(
+        f'<p class="tl-verdict {css}"><b>{verdict}</b>: {len(journeys)} journeys ({tests} tests){where}, '
+        f"{_tally(counts)}. Tests: {_tally(test_counts)}. "
+        f"MRR protected {money(protected)}; MRR at risk {money(at_risk)}; "
+        f"MRR behind known defects {money(behind_defects)}. "
+        f"Suite duration {results.wall_seconds:.1f} s{ran}.</p>"
+    )
+    parts.append(
+        '<table class="tl-table"><tr><th>Priority</th><th>Journeys</th><th>Passed</th><th>Failed</th>'
+        "<th>Not applicable</th><th>Known defects</th><th>Skipped</th>"
+        "<th>MRR protected</th><th>MRR at risk</th></tr>"
+    )
+    for priority in PRIORITIES:
+        these = [j for j in journeys if j.priority == priority]
+        if not these:
+            continue
+        c = _counts(j.outcome for j in these)
+        p = sum(j.mrr for j in these if j.outcome == PASSED)
+        r = sum(j.mrr for j in these if j.outcome == FAILED)
+        parts.append(
+            f"<tr><td>{priority}</td><td>{len(these)}</td><td>{c[PASSED]}</td><td>{c[FAILED]}</td>"
+            f"<td>{c[NOT_APPLICABLE]}</td><td>{c[KNOWN_DEFECT]}</td><td>{c[SKIPPED]}</td>"
+            f"<td>{money(p)}</td><td>{money(r)}</td></tr>"
+        )
+    parts.append("</table>")
+    if journeys:
+        parts.append(
+            '<table class="tl-table"><tr><th>Journey</th><th>Priority</th><th>Result</th><th>Tests</th>'
+            "<th>MRR</th><th>Components</th></tr>"
+        )
+        for j in journeys:
+            passed = sum(1 for o in j.tests.values() if o == PASSED)
             parts.append(
-                f"<tr><td>{esc(defect.id)}</td><td>{esc(defect.summary)}</td><td>{esc(defect.evidence)}</td>"
-                f"<td>{esc(defect.test)}</td><td>{esc(defect.step or 'any')}</td><td>{this_run}</td></tr>"
+                f"<tr class='tl-{j.outcome.replace(' ', '-')}'><td title='{esc(chr(10).join(j.tests))}'>"
+                f"{esc(j.name)}</td><td>{j.priority}</td><td>{j.outcome}</td><td>{passed}/{len(j.tests)}</td>"
+                f"<td>{money(j.mrr)}</td><td>{esc(', '.join(sorted(j.components)))}</td></tr>"
             )
         parts.append("</table>")
-        return "".join(parts)
+    covered = sorted({c for j in journeys for c in j.components})
+    passed_cov = sorted({c for j in journeys if j.outcome == PASSED for c in j.components})
+    parts.append(
+        f"<p>Components covered: {esc(', '.join(covered) or 'none')} "
+        f"({len(covered)}/{len(COMPONENTS)}); proven by a passing journey: "
+        f"{esc(', '.join(passed_cov) or 'none')}; not covered: "
+        f"{esc(', '.join(sorted(COMPONENTS - set(covered))) or 'none')}.</p>"
+    )
+    if target is not None:
+        parts.append(_not_applicable_html(results, target))
+        parts.append(_defects_html(results, target))
+    parts.append(_detection_html(detection))
+    parts.append(_environment_html(results))
+    parts.append("</div>")
+    return "".join(parts)
 
-    def _detection_html(self) -> str:
-        """A prove run named by --detection (its JSON), else the placeholder prove fills in itself."""
-        path = self.config.getoption("--detection", None)
-        if not path:
-            return detection_placeholder()
-        try:
-            run = ProveRun.load(Path(path))
-        except (OSError, ValueError, TypeError) as exc:
-            return (
-                f"{DETECTION_START}<h3>Detection</h3><p>The prove result {esc(path)} cannot be read: "
-                f"{esc(type(exc).__name__)}: {esc(exc)}</p>{DETECTION_END}"
-            )
-        return detection_html(run)
 
-    def _environment_html(self) -> str:
-        _refresh_environment()
-        env = dict(_environment_snapshot)
-        components = env.pop("components", None)
-        real = list(env.pop("real", []) or [])
-        stand_ins = list(env.pop("stand_ins", []) or [])
-        if isinstance(components, dict):
-            for name, kind in components.items():
-                (real if str(kind).strip().lower() == "real" else stand_ins).append(
-                    name if str(kind).lower() == "real" else f"{name} ({kind})"
-                )
-        parts = []
-        total = len(real) + len(stand_ins)
-        if total:
-            parts.append(
-                f"<p>Real vs stand-in: {len(real)} real / {len(stand_ins)} stand-in "
-                f"({100 * len(real) / total:.0f}% real). Real: {esc(', '.join(real) or 'none')}. "
-                f"Stand-ins: {esc(', '.join(stand_ins) or 'none')}.</p>"
-            )
+def _not_applicable_html(results: RunResults, target: Target) -> str:
+    rows = [(nid, t.reason or "") for nid, t in results.tests.items() if t.outcome == NOT_APPLICABLE]
+    if not rows:
+        return (
+            f"<h3>Not applicable on {esc(target.name)}</h3><p>None: every test that ran applies to "
+            f"{esc(target.name)}.</p>"
+        )
+    parts = [
+        f"<h3>Not applicable on {esc(target.name)}</h3>",
+        '<table class="tl-table"><tr><th>Test</th><th>Reason</th></tr>',
+    ]
+    parts += [
+        f"<tr class='tl-not-applicable'><td>{esc(nid)}</td><td>{esc(why)}</td></tr>" for nid, why in rows
+    ]
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def defect_runs(results: RunResults, defect: Defect) -> list[tuple[str, str]]:
+    """(node id, how it ran) for every test the defect was applied to this run."""
+    runs = []
+    for nid, entry in results.tests.items():
+        if entry.registered_defect != defect.id:
+            continue
+        if entry.outcome == NOT_APPLICABLE:
+            runs.append((nid, "not run (not applicable)"))
+        elif entry.defect is not None:
+            runs.append((nid, DEFECT_RUN_TEXT.get(entry.defect[1], entry.defect[1])))
         else:
-            parts.append("<p>Real vs stand-in: unknown (no environment provider registered).</p>")
-        if env:
-            parts.append("<table><tr><th>Environment</th><th></th></tr>")
-            parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items()]
-            parts.append("</table>")
-        return "".join(parts)
+            runs.append((nid, "not run" if entry.outcome == SKIPPED else entry.outcome))
+    return runs
+
+
+def _defects_html(results: RunResults, target: Target) -> str:
+    if not target.defects:
+        return (
+            f"<h3>Defects found in {esc(target.name)}</h3><p>None registered "
+            f"({esc(str(target.folder / 'defects.toml'))}).</p>"
+        )
+    parts = [
+        f"<h3>Defects found in {esc(target.name)}</h3>",
+        '<table class="tl-table"><tr><th>Defect</th><th>Summary</th><th>Evidence</th><th>Test</th>'
+        "<th>Step</th><th>This run</th></tr>",
+    ]
+    for defect in target.defects:
+        runs = defect_runs(results, defect) or [(defect.test, "not run")]
+        this_run = "<br>".join(
+            esc(status) if len(runs) == 1 else f"{esc(nid)}: {esc(status)}" for nid, status in runs
+        )
+        parts.append(
+            f"<tr><td>{esc(defect.id)}</td><td>{esc(defect.summary)}</td><td>{esc(defect.evidence)}</td>"
+            f"<td>{esc(defect.test)}</td><td>{esc(defect.step or 'any')}</td><td>{this_run}</td></tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _detection_html(path: str | None) -> str:
+    """A prove run named by --detection (its JSON), else the placeholder prove fills in itself."""
+    if not path:
+        return detection_placeholder()
+    try:
+        run = ProveRun.load(Path(path))
+    except (OSError, ValueError, TypeError) as exc:
+        return (
+            f"{DETECTION_START}<h3>Detection</h3><p>The prove result {esc(path)} cannot be read: "
+            f"{esc(type(exc).__name__)}: {esc(exc)}</p>{DETECTION_END}"
+        )
+    return detection_html(run)
+
+
+def real_vs_stand_in(environment: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(real components, stand-ins) of a run's environment."""
+    env = dict(environment)
+    components = env.pop("components", None)
+    real = list(env.pop("real", []) or [])
+    stand_ins = list(env.pop("stand_ins", []) or [])
+    if isinstance(components, dict):
+        for name, kind in components.items():
+            (real if str(kind).strip().lower() == "real" else stand_ins).append(
+                name if str(kind).lower() == "real" else f"{name} ({kind})"
+            )
+    return real, stand_ins
+
+
+def _environment_html(results: RunResults) -> str:
+    env = results.merged_environment()
+    real, stand_ins = real_vs_stand_in(env)
+    for key in ("components", "real", "stand_ins"):
+        env.pop(key, None)
+    parts = []
+    total = len(real) + len(stand_ins)
+    if total:
+        parts.append(
+            f"<p>Real vs stand-in: {len(real)} real / {len(stand_ins)} stand-in "
+            f"({100 * len(real) / total:.0f}% real). Real: {esc(', '.join(real) or 'none')}. "
+            f"Stand-ins: {esc(', '.join(stand_ins) or 'none')}.</p>"
+        )
+    else:
+        parts.append("<p>Real vs stand-in: unknown (no environment provider registered).</p>")
+    if results.commit:
+        env.setdefault("commit", results.commit)
+    if env:
+        parts.append("<table><tr><th>Environment</th><th></th></tr>")
+        parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items()]
+        parts.append("</table>")
+    return "".join(parts)
 
 
 # -- Detection: what `throughline prove` showed the journeys catch (harness/prove.py) ---------------
@@ -601,3 +638,55 @@ def failure_text_sections(
     for name, tail in log_tails.items():
         sections.append((f"Service log: {name}", tail))
     return [(redact(t), redact(s)) for t, s in sections]
+
+
+# -- a report of results alone (`throughline report merge`) ----------------------------------------
+def results_html(results: RunResults, target: Target | None) -> str:
+    """A self-contained HTML release report built from results only: the same summary as a single
+    run's report, then every test with the shard and worker that ran it and its failure evidence."""
+    title = "Throughline: end-to-end journeys" + (f" on {target.title}" if target else "")
+    rows = []
+    order = {FAILED: 0, KNOWN_DEFECT: 1, SKIPPED: 2, NOT_APPLICABLE: 3, PASSED: 4}
+    for rec in sorted(results.tests.values(), key=lambda t: (order[t.outcome], t.nodeid)):
+        info = rec.journey or {}
+        note = rec.reason or (
+            f"{rec.defect[0]}: {DEFECT_RUN_TEXT.get(rec.defect[1], rec.defect[1])}" if rec.defect else ""
+        )
+        detail = ""
+        if rec.outcome == FAILED:
+            blocks = [text_block("Failure", rec.message or "")]
+            if rec.steps:
+                lines = [
+                    f"{'  ' * int(s.get('depth') or 0)}{s.get('number')} {s.get('name')}: {s.get('status')}"
+                    + (f" ({s['note']})" if s.get("note") else "")
+                    for s in rec.steps
+                ]
+                blocks.append(text_block("Steps", "\n".join(lines)))
+            blocks += [text_block(t, body) for t, body in rec.sections if t not in ("Steps",)]
+            if rec.longrepr:
+                blocks.append(text_block("Traceback", rec.longrepr))
+            detail = "".join(blocks)
+        if rec.artifacts:
+            detail += text_block("Playwright artifacts", "\n".join(f"{k}: {p}" for k, p in rec.artifacts))
+        rows.append(
+            f"<tr class='tl-{rec.outcome.replace(' ', '-')}'><td>{esc(rec.nodeid)}{detail}</td>"
+            f"<td>{esc(info.get('name', ''))}</td><td>{esc(info.get('priority', '—'))}</td>"
+            f"<td>{esc(rec.outcome)}</td><td>{esc(note)}</td><td>{rec.duration:.1f} s</td>"
+            f"<td>{esc(rec.shard or '')}</td><td>{esc(rec.worker or '')}</td></tr>"
+        )
+    sources = "".join(f"<li>{esc(s)}</li>" for s in results.sources)
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:20px;color:#1f2328}"
+        "td{vertical-align:top}details pre{max-height:420px;overflow:auto;background:#f6f8fa;padding:6px}"
+        "</style></head><body>"
+        f"<h1>{esc(title)}</h1>"
+        f"{summary_html(results, target)}"
+        f"<h2>Tests ({len(results.tests)})</h2>"
+        '<table class="tl-table"><tr><th>Test</th><th>Journey</th><th>Priority</th><th>Result</th>'
+        "<th>Reason / defect</th><th>Duration</th><th>Shard</th><th>Worker</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + (f"<h3>Merged from</h3><ul>{sources}</ul>" if sources else "")
+        + "</body></html>"
+    )

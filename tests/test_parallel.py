@@ -353,3 +353,21 @@ def test_each_run_keeps_its_own_folder_and_latest_points_at_the_newest(journey_r
     document = (journey_runs["workers"] / "report.html").read_text()
     journey = next(iter(workers.tests.values())).journey or {}
     assert "Release summary" in document and journey["name"] in document and "2 workers" in document
+
+
+def test_two_runs_at_once_in_one_checkout_keep_both_sets(project: pytest.Pytester, tmp_path: Path) -> None:
+    project.makepyfile(test_quick="def test_quick(stack):\n    assert stack.urls['a_url']\n")
+    reports = tmp_path / "reports"
+    argv = [sys.executable, "-m", "pytest", str(project.path), f"--target={TOY}", "--reports", str(reports)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [
+        subprocess.Popen(argv, cwd=project.path, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    folders = sorted((reports / "runs").iterdir())
+    assert len(folders) == 2, f"two runs at once share a folder: {folders}"
+    for folder in folders:
+        assert {"report.html", "junit.xml", "results.json"} <= {p.name for p in folder.iterdir()}, folder
+        assert list(RunResults.load(folder / "results.json").tests) == ["test_quick.py::test_quick"]
+    assert (reports / "latest").resolve() in folders

@@ -245,7 +245,7 @@ def merge(runs: list[tuple[Path, RunResults]]) -> RunResults:
         started=min(r.started for _, r in runs),
         finished=max((r.finished or r.started) for _, r in runs),
         workers=max(r.workers for _, r in runs),
-        environment=dict(first.environment),
+        environment={k: v for k, v in first.environment.items() if k != "run_dir"},  # each run's: below
         sources=[str(p) for p, _ in runs],
     )
     where: dict[str, Path] = {}

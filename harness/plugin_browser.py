@@ -14,7 +14,6 @@ and adds --browser-executable and --browser-ws.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from harness.browser import (
 )
 from harness.journey import MARKER_HELP, JourneyInfo, JourneyMarkerError, journey_info
 from harness.plugin_parallel import artifacts_dir_for
-from harness.redact import redact, redact_value
+from harness.redact import redact
 from harness.steps import StepLog, count_steps, start_step_log
 from harness.ws_recorder import WsRecorder
 
@@ -250,7 +249,7 @@ def _attach_results(item: pytest.Item, rep: pytest.TestReport, evidence: TestEvi
         setattr(rep, results.WORKER_ATTR, worker)
     if evidence is not None and rep.when == "call":
         setattr(rep, results.STEPS_ATTR, [_step_dict(r) for r in evidence.step_log.records])
-        setattr(rep, results.PROBES_ATTR, _probe_dicts(evidence.data_trail))
+        setattr(rep, results.PROBES_ATTR, evidence.data_trail.as_dicts())
     if rep.when == "teardown":
         setattr(rep, results.ENVIRONMENT_ATTR, report.environment_snapshot())
 
@@ -264,17 +263,6 @@ def _step_dict(record: Any) -> dict[str, Any]:
         "duration": record.duration,
         "note": redact(record.note) if record.note else None,
     }
-
-
-def _probe_dicts(trail: report.DataTrail, limit: int = 500) -> list[dict[str, Any]]:
-    out = []
-    for entry in trail.entries():
-        try:
-            value = json.dumps(redact_value(entry.value), default=str, ensure_ascii=False)
-        except (TypeError, ValueError):
-            value = repr(entry.value)
-        out.append({"label": entry.label, "query": redact(entry.query), "value": redact(value[:limit])})
-    return out
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

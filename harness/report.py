@@ -147,14 +147,26 @@ class DataTrail(list):  # type: ignore[type-arg]
         return out
 
     def format(self) -> str:
-        rows = []
-        for e in self.entries():
-            try:
-                value = json.dumps(redact_value(e.value), default=str, ensure_ascii=False)
-            except (TypeError, ValueError):
-                value = repr(e.value)
-            rows.append(f"- {e.label}\n    query: {e.query}\n    value: {value[:2000]}")
+        rows = [
+            f"- {e.label}\n    query: {e.query}\n    value: {_value_text(e.value)[:2000]}"
+            for e in self.entries()
+        ]
         return redact("\n".join(rows)) if rows else "(no probe results recorded)"
+
+    def as_dicts(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The entries, redacted and shortened, for results.json."""
+        return [
+            {"label": e.label, "query": redact(e.query), "value": redact(_value_text(e.value)[:limit])}
+            for e in self.entries()
+        ]
+
+
+def _value_text(value: Any) -> str:
+    """A probe's answer as JSON (secrets redacted), or its repr when it is not JSON-able."""
+    try:
+        return json.dumps(redact_value(value), default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 _current_trail: DataTrail | None = None

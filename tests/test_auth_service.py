@@ -36,6 +36,7 @@ from aiosmtpd.controller import Controller
 
 from stack.auth_service import create_app
 from stack.auth_service.db import apply_migrations
+from stack.auth_service.sessions import Sessions, session_key
 from stack.common.settings import Settings
 from stack.common.signing import SIGNATURE_HEADER, verify_signature
 
@@ -532,6 +533,19 @@ async def test_refresh_rotates_and_reuse_revokes_session(
     assert me.status_code == 401
 
     assert (await client.post("/auth/refresh", json={"refresh_token": "garbage"})).status_code == 401
+
+
+async def test_a_session_id_followed_by_a_newline_is_malformed(rds: aioredis.Redis) -> None:
+    """`$` matches before a final newline: the session id of a refresh token must be the whole
+    32 hex digits before the dot, not those plus a line break (issue 14, item 4's mistake)."""
+    sessions = Sessions(rds, ttl=60)
+    sid, token = await sessions.create(str(uuid.uuid4()), addr("newline"))
+    secret = token.partition(".")[2]
+    try:
+        assert (await sessions.rotate(f"{sid}\n.{secret}")).status == "malformed"
+        assert (await sessions.rotate(token)).status == "ok"
+    finally:
+        await rds.delete(session_key(sid))
 
 
 async def test_logout_deletes_the_session(

@@ -757,6 +757,29 @@ async def test_usage_and_invoice_exact_and_idempotent(backend, users, http, ch, 
 
 
 @pytest.mark.parametrize(
+    "period",
+    [
+        "2001-05\n",  # `$` matches before a final newline: this made a second May 2001 invoice
+        "\u0662\u0660\u0660\u0661-05",  # Arabic-Indic digits: \d matches them and int() reads 2001
+        "2001-05 ",
+        " 2001-05",
+        "2001-5",
+        "2001-00",
+    ],
+)
+async def test_invoice_period_must_be_exactly_yyyy_mm(http, users, pg, period):
+    """Issue 14, item 4: only YYYY-MM in ASCII digits names a period; anything else is 422 and no
+    second invoice for a month that already has one."""
+    user = await users.new()
+    first = await http.post("/api/billing/invoices", json={"period": "2001-05"}, headers=user["auth"])
+    assert first.status_code == 201, first.text
+    resp = await http.post("/api/billing/invoices", json={"period": period}, headers=user["auth"])
+    assert resp.status_code == 422, f"period {period!r} answered {resp.status_code}: {resp.text}"
+    periods = await pg.fetch("SELECT period FROM invoices WHERE user_id = $1", uuid.UUID(user["id"]))
+    assert [r["period"] for r in periods] == ["2001-05"]
+
+
+@pytest.mark.parametrize(
     "failure", [{"fail_next": 1, "status": 500}, {"fail_next": 1, "status": 429}, {"drop_next": 1}]
 )
 async def test_llm_failure_writes_nothing(backend, users, llm, pg, ch, rds, failure):

@@ -973,3 +973,24 @@ async def test_store_outages_degrade_and_recover(outage_backend, users, ch, pg):
         ready = await http.get("/ready")
         assert ready.status_code == 200, ready.text
     assert await pg.fetchval("SELECT count(*) FROM messages WHERE user_id = $1", uuid.UUID(user["id"])) == 8
+
+async def test_postgres_down_refuses_a_new_chat_before_any_llm_call(outage_backend, users, llm, pg):
+    """Issue 14, item 7: with PostgreSQL down the first message of a new conversation is refused
+    with store_unavailable before the LLM is called (it used to stream a whole reply, spend its
+    tokens, and fail only when saving it)."""
+    proxies = outage_backend["proxies"]
+    user = await users.new()
+    async with connect(outage_backend, user["token"]) as chat:
+        proxies["postgres"].down()
+        try:
+            await llm.delete("/requests")
+            rid, frames = await chat.turn("a new conversation while postgres is away")
+            sent_to_llm = (await llm.get("/requests")).json()
+        finally:
+            proxies["postgres"].up()
+        assert [f["type"] for f in frames] == ["error"], f"the refused message got frames {frames}"
+        assert frames[0]["payload"]["code"] == "store_unavailable" and frames[0]["payload"]["recoverable"]
+        assert sent_to_llm in ([], {"requests": []}), f"the LLM was called anyway: {sent_to_llm}"
+        _, frames = await chat.turn("postgres is back")
+        assert frames[-1]["type"] == "agent_completed", frames[-1]
+    assert await pg.fetchval("SELECT count(*) FROM messages WHERE request_id = $1", rid) == 0

@@ -217,6 +217,10 @@ class ChatConnection:
         new_thread = thread_id_raw in (None, "")
         if new_thread:
             thread_id = uuid.uuid4()
+            # A new conversation reads nothing before the LLM call: ask PostgreSQL now, so a turn
+            # that could not be saved is refused before it spends tokens (StoreUnavailable below).
+            async with s.pg.connection() as conn:
+                await conn.fetchval("SELECT 1")
         else:
             parsed = _uuid_or_none(thread_id_raw)
             owner = None

@@ -776,6 +776,28 @@ async def test_http_rate_limit_429(http, users):
     assert (await http.get("/api/me", headers=other["auth"])).status_code == 200  # per user
 
 
+async def test_simultaneous_burst_is_answered_429_not_503(backend, users):
+    """Issue 14, item 6: requests over the limit are refused by the rate limiter even when they all
+    arrive at once; none is answered 503 because a store's connection pool ran dry."""
+    user = await users.new()
+    burst = 8 * HTTP_LIMIT
+    # a client of its own: httpx's default pool would let only 100 requests out at a time
+    async with httpx.AsyncClient(
+        base_url=backend["url"], timeout=30, limits=httpx.Limits(max_connections=None)
+    ) as client:
+        responses = await asyncio.gather(
+            *(client.get("/api/threads", headers=user["auth"]) for _ in range(burst))
+        )
+    codes: dict[int, int] = {}
+    for r in responses:
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+    assert codes == {200: HTTP_LIMIT, 429: burst - HTTP_LIMIT}, (
+        f"{burst} simultaneous requests (limit {HTTP_LIMIT}) were answered {codes}; "
+        f"a 503 says: {next((r.text for r in responses if r.status_code == 503), None)}"
+    )
+    assert all(1 <= int(r.headers["retry-after"]) <= 30 for r in responses if r.status_code == 429)
+
+
 async def test_usage_and_invoice_exact_and_idempotent(backend, users, http, ch, pg):
     user = await users.new()
     async with connect(backend, user["token"]) as chat:

@@ -125,11 +125,25 @@ class Postgres:
 
 
 # --------------------------------------------------------------------- Redis
+REDIS_MAX_CONNECTIONS = 50
+REDIS_POOL_WAIT_S = 5.0
+
+
 class Redis:
     def __init__(self, url: str):
-        self.client = aioredis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=3
+        # A blocking pool: a request finding every connection busy waits its turn (each is held
+        # for one command or pipeline, about a millisecond). redis-py's default pool instead fails
+        # the 101st concurrent user at once with MaxConnectionsError, so a burst of simultaneous
+        # requests was answered 503 (redis unavailable) where the rate limiter would say 429.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_WAIT_S,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=3,
         )
+        self.client = aioredis.Redis.from_pool(pool)
 
     @contextlib.asynccontextmanager
     async def guard(self) -> AsyncIterator[aioredis.Redis]:

@@ -548,6 +548,26 @@ async def test_a_session_id_followed_by_a_newline_is_malformed(rds: aioredis.Red
         await rds.delete(session_key(sid))
 
 
+async def test_a_burst_of_simultaneous_requests_is_answered_not_503(
+    client: httpx.AsyncClient, mail: MailSink
+) -> None:
+    """200 simultaneous requests of one signed-in person are all answered: a request finding every
+    Redis connection busy waits for one instead of failing as a store outage (issue 14, item 6)."""
+    address = await verified_user(client, mail, "burst")
+    token = (await login(client, address)).json()["access_token"]
+    burst = 200
+    responses = await asyncio.gather(
+        *(client.get("/auth/me", headers={"Authorization": f"Bearer {token}"}) for _ in range(burst))
+    )
+    codes: dict[int, int] = {}
+    for r in responses:
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+    assert codes == {200: burst}, (
+        f"{burst} simultaneous /auth/me were answered {codes}; "
+        f"a 503 says: {next((r.text for r in responses if r.status_code == 503), None)}"
+    )
+
+
 async def test_logout_deletes_the_session(
     client: httpx.AsyncClient, mail: MailSink, rds: aioredis.Redis
 ) -> None:

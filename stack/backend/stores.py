@@ -16,6 +16,8 @@ import clickhouse_connect
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from stack.common.redis_client import redis_client
+
 log = logging.getLogger("stack.backend.stores")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -125,25 +127,11 @@ class Postgres:
 
 
 # --------------------------------------------------------------------- Redis
-REDIS_MAX_CONNECTIONS = 50
-REDIS_POOL_WAIT_S = 5.0
-
-
 class Redis:
     def __init__(self, url: str):
-        # A blocking pool: a request finding every connection busy waits its turn (each is held
-        # for one command or pipeline, about a millisecond). redis-py's default pool instead fails
-        # the 101st concurrent user at once with MaxConnectionsError, so a burst of simultaneous
-        # requests was answered 503 (redis unavailable) where the rate limiter would say 429.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=REDIS_POOL_WAIT_S,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=3,
-        )
-        self.client = aioredis.Redis.from_pool(pool)
+        # a pool that waits for a free connection (stack/common/redis_client.py): a burst of
+        # requests is answered by the rate limiter, not 503
+        self.client = redis_client(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=3)
 
     @contextlib.asynccontextmanager
     async def guard(self) -> AsyncIterator[aioredis.Redis]:

@@ -700,7 +700,7 @@ async def test_agent_concurrency_limit(backend, users, llm):
     assert outcome[rids[-1]] == "rate_limited"
 
 
-SLOT_TTL = 4  # TL_RATE_AGENT_SLOT_TTL of the backends below: how long a dead turn's slot can last
+SLOT_TTL = 6  # TL_RATE_AGENT_SLOT_TTL of the backends below: how long a dead turn's slot can last
 
 
 async def test_a_crashed_turns_agent_slot_expires_while_the_user_keeps_sending(

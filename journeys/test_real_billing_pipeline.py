@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -180,13 +180,104 @@ def _calls(calls: list[Call]) -> list[tuple[str, int, int, Decimal]]:
     return sorted((c.agent, c.prompt_tokens, c.completion_tokens, c.cost) for c in calls)
 
 
-async def _usage_api(app: App, user: TestUser) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    start = datetime(now.year, now.month, 1, tzinfo=UTC)
-    end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
-    answer = await app.my_usage(user, start.isoformat(), end.isoformat())
+def period_of(instant: Any) -> str:
+    """The billing month (YYYY-MM, UTC) an instant falls in."""
+    if isinstance(instant, str):
+        instant = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+    assert isinstance(instant, datetime), f"a usage row's created_at is {instant!r}, not a timestamp"
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC).strftime("%Y-%m")
+
+
+def bills_by_period(rows: list[UsageRecord]) -> dict[str, ExpectedConversation]:
+    """The usage rows as the calls each month must bill, by the month the platform recorded them in.
+
+    Every row was first matched to a derived call, so each month's bill is made of derived calls;
+    which month a call falls in is the platform's timestamp: a run across a month boundary (its
+    turns before midnight, its invoice after) bills each call in its own month, exactly.
+    """
+    bills: dict[str, ExpectedConversation] = {}
+    for r in rows:
+        bill = bills.setdefault(period_of(r.created_at), ExpectedConversation())
+        bill.calls.append(Call(str(r.agent), r.prompt_tokens, r.completion_tokens))
+    return dict(sorted(bills.items()))
+
+
+async def _usage_api(app: App, user: TestUser, span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """The usage API over the whole journey (fresh users: everything they used), whatever the month."""
+    answer = await app.my_usage(user, span[0].isoformat(), span[1].isoformat())
     assert answer.status == 200, f"the usage API answered {answer.status}: {answer.text}"
     return dict(answer.body)
+
+
+async def _assert_exact_invoice(
+    app: App, user: TestUser, period: str, bill: ExpectedConversation, models: set[str | None]
+) -> tuple[dict[str, Any], Any]:
+    """Generate `user`'s invoice for `period`: it bills exactly `bill`, and the billing store agrees.
+    -> (the invoice, its stored row's id)."""
+    __tracebackhide__ = True
+    response = await app.invoice(user, period)
+    assert response.status == 201, (
+        f"generating the {period} invoice answered {response.status}: {response.text}"
+    )
+    invoice = dict(response.body)
+    total = Decimal(invoice["total_usd"])
+    assert total == bill.cost, (
+        f"the {period} invoice totals {total} USD, the derived usage costs {bill.cost} USD"
+    )
+    assert total.quantize(Decimal("0.01")) == bill.cost.quantize(Decimal("0.01"))
+    assert (invoice["period"], invoice["user_id"]) == (period, user.user_id), f"invoice header {invoice}"
+    assert (invoice["prompt_tokens"], invoice["completion_tokens"]) == (
+        bill.prompt_tokens,
+        bill.completion_tokens,
+    ), (
+        f"the {period} invoice bills {invoice['prompt_tokens']}/{invoice['completion_tokens']} tokens, "
+        f"expected {bill.prompt_tokens}/{bill.completion_tokens}"
+    )
+    lines = {
+        ln["agent"]: (ln["prompt_tokens"], ln["completion_tokens"], Decimal(ln["amount_usd"]))
+        for ln in invoice["lines"]
+    }
+    assert lines == bill.by_agent(), f"invoice lines by agent {lines}, expected {bill.by_agent()}"
+    assert len(invoice["lines"]) == len(lines), f"the invoice repeats an agent: {invoice['lines']}"
+    assert {ln["model"] for ln in invoice["lines"]} == models, "invoice lines name another model than usage"
+    stored = await app.records.invoices(str(user.user_id), period)
+    row = stored[0] if stored else None
+    assert row is not None, f"the billing store has no invoice for the {period} invoice just generated"
+    assert (str(row["id"]), row["total_usd"], row["prompt_tokens"], row["completion_tokens"]) == (
+        invoice["id"],
+        bill.cost,
+        bill.prompt_tokens,
+        bill.completion_tokens,
+    ), f"the stored invoice {row} disagrees with the invoice {invoice['id']} / the derived usage"
+    db_lines = await app.records.invoice_lines(row["id"])
+    assert {
+        ln["agent"]: (ln["prompt_tokens"], ln["completion_tokens"], ln["amount_usd"]) for ln in db_lines
+    } == bill.by_agent(), f"the stored invoice lines: {db_lines}"
+    return invoice, row["id"]
+
+
+async def _usage_card_after_reload(
+    app: App, page: Any, user: TestUser, bills: dict[str, ExpectedConversation]
+) -> tuple[str, ExpectedConversation, Any]:
+    """Reload the dashboard; -> (the month its "Usage this month" card is of, that month's bill,
+    what the card shows). The card is of the browser's month (UTC) at the reload: a reload astride
+    a month's end could show either month, so it is reloaded once more."""
+    __tracebackhide__ = True
+    for _ in range(2):
+        month = period_of(datetime.now(UTC))
+        bill = bills.get(month, ExpectedConversation())
+        dashboard = await app.dashboard_page(page, user.full_name).reload()
+        try:
+            shown = await dashboard.wait_for_usage(bill.prompt_tokens + bill.completion_tokens)
+        except AssertionError:
+            if period_of(datetime.now(UTC)) == month:
+                raise
+            continue
+        if period_of(datetime.now(UTC)) == month:
+            return month, bill, shown
+    raise AssertionError("two dashboard reloads in a row each straddled a month's end")
 
 
 @journey(
@@ -199,7 +290,10 @@ async def _usage_api(app: App, user: TestUser) -> dict[str, Any]:
 )
 async def test_usage_becomes_an_exact_invoice(app: App, page: Any, ws_recorder: Any) -> None:
     """Known turns bill exactly the derived tokens and cost, in ClickHouse, the invoice and the dashboard."""
-    period = datetime.now(UTC).strftime("%Y-%m")
+    # the journey's span for the usage API; which month anything is billed in comes from the
+    # platform's own timestamps of the usage (bills_by_period), never from this clock
+    started = datetime.now(UTC)
+    span = (started - timedelta(hours=1), started + timedelta(days=1))
     alice = await app.users.logged_in("billing-alice", full_name="Alice Billing")
     bob = await app.users.logged_in("billing-bob", full_name="Bob Other")
     assert alice.user_id and bob.user_id
@@ -263,9 +357,10 @@ async def test_usage_becomes_an_exact_invoice(app: App, page: Any, ws_recorder: 
         alice_rids = {e.request_id for e in turns.events("user_message", direction="sent")}
         assert {r.request_id for r in alice_rows} == alice_rids, "Alice is billed for requests she never sent"
         assert not {r.request_id for r in bob_rows} & alice_rids, "Bob's usage carries Alice's request ids"
+        alice_bills, bob_bills = bills_by_period(alice_rows), bills_by_period(bob_rows)
 
     async with step("Failed (LLM 500) and rate-limited messages add no usage; the UI says so"):
-        usage_before = await _usage_api(app, alice)
+        usage_before = await _usage_api(app, alice, span)
         refused: list[str] = []
 
         async def send(text: str) -> str:
@@ -327,95 +422,72 @@ async def test_usage_becomes_an_exact_invoice(app: App, page: Any, ws_recorder: 
                 assert await app.records.pending_usage(rid) == 0, (
                     f"the refused message {rid} queued usage for ClickHouse"
                 )
-        usage_after = await _usage_api(app, alice)  # settles the outbox before reading ClickHouse
+        usage_after = await _usage_api(app, alice, span)  # settles the outbox before reading ClickHouse
         assert usage_after == usage_before, f"Alice's usage changed from {usage_before} to {usage_after}"
         assert len(await app.records.usage(user_id=alice.user_id)) == len(expected.calls), (
             "ClickHouse gained usage rows from refused messages"
         )
 
-    async with step("The invoice for this month equals the derived usage to the cent"):
-        response = await app.invoice(alice, period)
-        assert response.status == 201, f"generating the invoice answered {response.status}: {response.text}"
-        invoice = response.body
-        total = Decimal(invoice["total_usd"])
-        assert total == expected.cost, (
-            f"the invoice totals {total} USD, the derived usage costs {expected.cost} USD"
+    async with step("The invoice of the month the usage was recorded in equals it to the cent"):
+        invoices: dict[str, dict[str, Any]] = {}
+        invoice_rows: dict[str, Any] = {}
+        for period, bill in alice_bills.items():
+            models = {r.model for r in alice_rows if period_of(r.created_at) == period}
+            invoices[period], invoice_rows[period] = await _assert_exact_invoice(
+                app, alice, period, bill, models
+            )
+        billed = sum((Decimal(inv["total_usd"]) for inv in invoices.values()), Decimal(0))
+        assert billed == expected.cost, (
+            f"Alice's invoices ({', '.join(invoices)}) total {billed} USD, her derived usage costs "
+            f"{expected.cost} USD"
         )
-        assert total.quantize(Decimal("0.01")) == expected.cost.quantize(Decimal("0.01"))
-        assert (invoice["period"], invoice["user_id"]) == (period, alice.user_id), f"invoice header {invoice}"
-        assert (invoice["prompt_tokens"], invoice["completion_tokens"]) == (
-            expected.prompt_tokens,
-            expected.completion_tokens,
-        ), (
-            f"the invoice bills {invoice['prompt_tokens']}/{invoice['completion_tokens']} tokens, "
-            f"expected {expected.prompt_tokens}/{expected.completion_tokens}"
-        )
-        lines = {
-            ln["agent"]: (ln["prompt_tokens"], ln["completion_tokens"], Decimal(ln["amount_usd"]))
-            for ln in invoice["lines"]
-        }
-        assert lines == expected.by_agent(), f"invoice lines by agent {lines}, expected {expected.by_agent()}"
-        assert len(invoice["lines"]) == len(lines), f"the invoice repeats an agent: {invoice['lines']}"
-        models = {r.model for r in alice_rows}
-        assert {ln["model"] for ln in invoice["lines"]} == models, (
-            "invoice lines name another model than usage"
-        )
-        stored = await app.records.invoices(alice.user_id, period)
-        row = stored[0] if stored else None
-        assert row is not None, "the billing store has no invoice for the invoice just generated"
-        assert (str(row["id"]), row["total_usd"], row["prompt_tokens"], row["completion_tokens"]) == (
-            invoice["id"],
-            expected.cost,
-            expected.prompt_tokens,
-            expected.completion_tokens,
-        ), f"the stored invoice {row} disagrees with the invoice {invoice['id']} / the derived usage"
-        db_lines = await app.records.invoice_lines(row["id"])
-        assert {
-            ln["agent"]: (ln["prompt_tokens"], ln["completion_tokens"], ln["amount_usd"]) for ln in db_lines
-        } == expected.by_agent(), f"the stored invoice lines: {db_lines}"
 
     async with step("The dashboard's 'Usage this month' shows the same tokens and cost after a reload"):
-        dashboard = await app.dashboard_page(page, alice.full_name).reload()
-        shown = await dashboard.wait_for_usage(expected.prompt_tokens + expected.completion_tokens)
-        assert (shown.tokens, shown.cost_usd) == (
-            expected.prompt_tokens + expected.completion_tokens,
-            expected.cost,
-        ), (
-            f"'Usage this month' shows {shown.tokens} tokens / {shown.cost_usd} USD, the invoice bills "
-            f"{expected.prompt_tokens + expected.completion_tokens} tokens / {expected.cost} USD"
+        month, this_month, shown = await _usage_card_after_reload(app, page, alice, alice_bills)
+        tokens = this_month.prompt_tokens + this_month.completion_tokens
+        assert (shown.tokens, shown.cost_usd) == (tokens, this_month.cost), (
+            f"'Usage this month' ({month}) shows {shown.tokens} tokens / {shown.cost_usd} USD, the "
+            f"{month} invoice bills {tokens} tokens / {this_month.cost} USD"
         )
 
     async with step("Regenerating the same period returns the same invoice; PostgreSQL keeps one"):
-        again = await app.invoice(alice, period)
-        assert again.status == 200, f"regenerating the invoice answered {again.status}: {again.text}"
-        assert again.body == invoice, f"regenerating gave {again.body}, first time {invoice}"
-        assert len(await app.records.invoices(alice.user_id, period)) == 1
-        assert len(await app.records.invoice_lines(row["id"])) == len(invoice["lines"])
+        for period, invoice in invoices.items():
+            again = await app.invoice(alice, period)
+            assert again.status == 200, f"regenerating the invoice answered {again.status}: {again.text}"
+            assert again.body == invoice, f"regenerating gave {again.body}, first time {invoice}"
+            assert len(await app.records.invoices(alice.user_id, period)) == 1
+            assert len(await app.records.invoice_lines(invoice_rows[period])) == len(invoice["lines"])
 
     async with step("Bob's usage never shows in Alice's usage or invoice"):
-        alice_usage = await _usage_api(app, alice)
+        alice_usage = await _usage_api(app, alice, span)
         assert (alice_usage["events"], alice_usage["total_tokens"], Decimal(alice_usage["cost_usd"])) == (
             len(expected.calls),
             expected.prompt_tokens + expected.completion_tokens,
             expected.cost,
         ), f"Alice's usage API says {alice_usage}"
-        bob_usage = await _usage_api(app, bob)
+        bob_usage = await _usage_api(app, bob, span)
         assert (bob_usage["events"], Decimal(bob_usage["cost_usd"])) == (
             len(expected_bob.calls),
             expected_bob.cost,
         ), f"Bob's usage API says {bob_usage}"
-        bob_invoice = await app.invoice(bob, period)
-        assert bob_invoice.status == 201, f"Bob's invoice answered {bob_invoice.status}: {bob_invoice.text}"
-        assert bob_invoice.body["id"] != invoice["id"], "Bob was handed Alice's invoice"
-        assert Decimal(bob_invoice.body["total_usd"]) == expected_bob.cost, (
-            f"Bob's invoice {bob_invoice.body}"
-        )
-        assert (await app.invoice(alice, period)).body == invoice, "Bob's invoice changed Alice's"
+        alice_invoice_ids = {inv["id"] for inv in invoices.values()}
+        for period, bill in bob_bills.items():
+            bob_invoice = await app.invoice(bob, period)
+            assert bob_invoice.status == 201, (
+                f"Bob's invoice answered {bob_invoice.status}: {bob_invoice.text}"
+            )
+            assert bob_invoice.body["id"] not in alice_invoice_ids, "Bob was handed Alice's invoice"
+            assert Decimal(bob_invoice.body["total_usd"]) == bill.cost, f"Bob's invoice {bob_invoice.body}"
+        for period, invoice in invoices.items():
+            assert (await app.invoice(alice, period)).body == invoice, "Bob's invoice changed Alice's"
 
     async with step("An invalid period is refused with 422 and stores nothing"):
-        for bad in ("2026-13", "2026-1", "not-a-month", None):
+        # the last: a month Alice has an invoice for, with a line break after it
+        for bad in ("2026-13", "2026-1", "not-a-month", None, f"{next(iter(invoices))}\n"):
             refused_response = await app.invoice(alice, bad)
             assert refused_response.status == 422, (
                 f"period {bad!r} answered {refused_response.status}: {refused_response.text}"
             )
-        assert len(await app.records.invoices(alice.user_id)) == 1, "an invalid period created an invoice"
+        assert len(await app.records.invoices(alice.user_id)) == len(invoices), (
+            "an invalid period created an invoice"
+        )

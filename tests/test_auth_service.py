@@ -36,6 +36,7 @@ from aiosmtpd.controller import Controller
 
 from stack.auth_service import create_app
 from stack.auth_service.db import apply_migrations
+from stack.auth_service.sessions import Sessions, session_key
 from stack.common.settings import Settings
 from stack.common.signing import SIGNATURE_HEADER, verify_signature
 
@@ -532,6 +533,39 @@ async def test_refresh_rotates_and_reuse_revokes_session(
     assert me.status_code == 401
 
     assert (await client.post("/auth/refresh", json={"refresh_token": "garbage"})).status_code == 401
+
+
+async def test_a_session_id_followed_by_a_newline_is_malformed(rds: aioredis.Redis) -> None:
+    """`$` matches before a final newline: the session id of a refresh token must be the whole
+    32 hex digits before the dot, not those plus a line break (issue 14, item 4's mistake)."""
+    sessions = Sessions(rds, ttl=60)
+    sid, token = await sessions.create(str(uuid.uuid4()), addr("newline"))
+    secret = token.partition(".")[2]
+    try:
+        assert (await sessions.rotate(f"{sid}\n.{secret}")).status == "malformed"
+        assert (await sessions.rotate(token)).status == "ok"
+    finally:
+        await rds.delete(session_key(sid))
+
+
+async def test_a_burst_of_simultaneous_requests_is_answered_not_503(
+    client: httpx.AsyncClient, mail: MailSink
+) -> None:
+    """200 simultaneous requests of one signed-in person are all answered: a request finding every
+    Redis connection busy waits for one instead of failing as a store outage (issue 14, item 6)."""
+    address = await verified_user(client, mail, "burst")
+    token = (await login(client, address)).json()["access_token"]
+    burst = 200
+    responses = await asyncio.gather(
+        *(client.get("/auth/me", headers={"Authorization": f"Bearer {token}"}) for _ in range(burst))
+    )
+    codes: dict[int, int] = {}
+    for r in responses:
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+    assert codes == {200: burst}, (
+        f"{burst} simultaneous /auth/me were answered {codes}; "
+        f"a 503 says: {next((r.text for r in responses if r.status_code == 503), None)}"
+    )
 
 
 async def test_logout_deletes_the_session(

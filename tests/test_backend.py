@@ -85,6 +85,25 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+def spawn_backend(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, dict]:
+    """One more backend process on a free port (for tests that kill one); -> (process, urls)."""
+    port = free_port()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stack.backend", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, {"url": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}/ws", "log": log_path}
+
+
 class _JWKSHandler(BaseHTTPRequestHandler):
     jwks: dict = {}
 
@@ -681,6 +700,72 @@ async def test_agent_concurrency_limit(backend, users, llm):
     assert outcome[rids[-1]] == "rate_limited"
 
 
+SLOT_TTL = 6  # TL_RATE_AGENT_SLOT_TTL of the backends below: how long a dead turn's slot can last
+
+
+async def test_a_crashed_turns_agent_slot_expires_while_the_user_keeps_sending(
+    pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, users, llm, tmp_path
+):
+    """A backend dies mid-turn: its agent slot is free again SLOT_TTL after it was taken, even
+    while the user keeps sending (issue 14, item 3: each refused attempt reset the slot's TTL, so
+    a person who kept trying stayed blocked for good)."""
+    env = {
+        **os.environ,
+        "TL_BACKEND_DSN": pg_dsn,
+        "TL_REDIS_URL": redis_url,
+        "TL_CLICKHOUSE_URL": clickhouse_url,
+        "TL_AUTH_URL": auth_url,
+        "TL_LLM_BASE_URL": f"{llm_url}/v1",
+        "TL_LLM_TIMEOUT": "10",
+        "TL_INTERNAL_SECRET": SECRET,
+        "TL_JWT_ISSUER": ISSUER,
+        "TL_JWT_AUDIENCE": AUDIENCE,
+        "TL_RATE_WS_LIMIT": "100000",
+        "TL_RATE_AGENT_CONCURRENCY": "1",
+        "TL_RATE_AGENT_SLOT_TTL": str(SLOT_TTL),
+    }
+    user = await users.new()
+    # both backends run before the crash, so the user's next attempt is not delayed by a start
+    doomed, doomed_urls = spawn_backend(env, tmp_path / "doomed.log")
+    try:
+        survivor, survivor_urls = spawn_backend(env, tmp_path / "survivor.log")
+    except BaseException:
+        stop(doomed)
+        raise
+    try:
+        await llm.post("/control", json={"latency_ms": 8000})
+        async with connect(survivor_urls, user["token"]) as chat:
+            async with connect(doomed_urls, user["token"]) as dying:
+                await dying.send("a question the crash cuts off")
+                await dying.until("agent_started")  # the turn holds the user's only slot
+                doomed.kill()
+                doomed.wait(5)
+            await llm.post("/control/reset")
+
+            attempts: list[str] = []
+
+            async def one_attempt() -> bool:
+                _, frames = await chat.turn(f"attempt {len(attempts) + 1} after the crash")
+                last = frames[-1]
+                attempts.append(last["type"])
+                if last["type"] == "rate_limited":
+                    assert last["payload"]["scope"] == "agent", last
+                    return False
+                assert last["type"] == "agent_completed", f"attempt {len(attempts)} ended with {last}"
+                return True
+
+            assert not await one_attempt(), "the crashed turn's slot was free at once: nothing was tested"
+            await eventually(
+                one_attempt,
+                deadline_s=SLOT_TTL + 8,
+                what=f"an answer once the dead turn's {SLOT_TTL} s slot expired, the user trying all along",
+            )
+        assert attempts[0] == "rate_limited" and attempts[-1] == "agent_completed"
+    finally:
+        stop(doomed)
+        stop(survivor)
+
+
 async def test_http_rate_limit_429(http, users):
     user = await users.new()
     codes = [(await http.get("/api/threads", headers=user["auth"])) for _ in range(HTTP_LIMIT + 1)]
@@ -689,6 +774,28 @@ async def test_http_rate_limit_429(http, users):
     assert 1 <= int(codes[-1].headers["retry-after"]) <= 30
     other = await users.new()
     assert (await http.get("/api/me", headers=other["auth"])).status_code == 200  # per user
+
+
+async def test_simultaneous_burst_is_answered_429_not_503(backend, users):
+    """Issue 14, item 6: requests over the limit are refused by the rate limiter even when they all
+    arrive at once; none is answered 503 because a store's connection pool ran dry."""
+    user = await users.new()
+    burst = 8 * HTTP_LIMIT
+    # a client of its own: httpx's default pool would let only 100 requests out at a time
+    async with httpx.AsyncClient(
+        base_url=backend["url"], timeout=30, limits=httpx.Limits(max_connections=None)
+    ) as client:
+        responses = await asyncio.gather(
+            *(client.get("/api/threads", headers=user["auth"]) for _ in range(burst))
+        )
+    codes: dict[int, int] = {}
+    for r in responses:
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+    assert codes == {200: HTTP_LIMIT, 429: burst - HTTP_LIMIT}, (
+        f"{burst} simultaneous requests (limit {HTTP_LIMIT}) were answered {codes}; "
+        f"a 503 says: {next((r.text for r in responses if r.status_code == 503), None)}"
+    )
+    assert all(1 <= int(r.headers["retry-after"]) <= 30 for r in responses if r.status_code == 429)
 
 
 async def test_usage_and_invoice_exact_and_idempotent(backend, users, http, ch, pg):
@@ -757,6 +864,29 @@ async def test_usage_and_invoice_exact_and_idempotent(backend, users, http, ch, 
 
 
 @pytest.mark.parametrize(
+    "period",
+    [
+        "2001-05\n",  # `$` matches before a final newline: this made a second May 2001 invoice
+        "\u0662\u0660\u0660\u0661-05",  # Arabic-Indic digits: \d matches them and int() reads 2001
+        "2001-05 ",
+        " 2001-05",
+        "2001-5",
+        "2001-00",
+    ],
+)
+async def test_invoice_period_must_be_exactly_yyyy_mm(http, users, pg, period):
+    """Issue 14, item 4: only YYYY-MM in ASCII digits names a period; anything else is 422 and no
+    second invoice for a month that already has one."""
+    user = await users.new()
+    first = await http.post("/api/billing/invoices", json={"period": "2001-05"}, headers=user["auth"])
+    assert first.status_code == 201, first.text
+    resp = await http.post("/api/billing/invoices", json={"period": period}, headers=user["auth"])
+    assert resp.status_code == 422, f"period {period!r} answered {resp.status_code}: {resp.text}"
+    periods = await pg.fetch("SELECT period FROM invoices WHERE user_id = $1", uuid.UUID(user["id"]))
+    assert [r["period"] for r in periods] == ["2001-05"]
+
+
+@pytest.mark.parametrize(
     "failure", [{"fail_next": 1, "status": 500}, {"fail_next": 1, "status": 429}, {"drop_next": 1}]
 )
 async def test_llm_failure_writes_nothing(backend, users, llm, pg, ch, rds, failure):
@@ -778,7 +908,7 @@ async def test_llm_failure_writes_nothing(backend, users, llm, pg, ch, rds, fail
     assert await pg.fetchval("SELECT count(*) FROM threads WHERE user_id = $1", uid) == 1
     await eventually(lambda: ch_rows(ch, "request_id = %(r)s", {"r": ok_rid}), what="the good turn's usage")
     assert ch_rows(ch, "request_id = %(r)s", {"r": rid}) == []
-    assert await rds.get(f"rl:agent:{user['id']}") == "0"  # the run slot was released
+    assert await rds.zcard(f"rl:agent:{user['id']}") == 0  # the run slot was released
 
 
 # ------------------------------------------------------------ store outages
@@ -950,3 +1080,25 @@ async def test_store_outages_degrade_and_recover(outage_backend, users, ch, pg):
         ready = await http.get("/ready")
         assert ready.status_code == 200, ready.text
     assert await pg.fetchval("SELECT count(*) FROM messages WHERE user_id = $1", uuid.UUID(user["id"])) == 8
+
+
+async def test_postgres_down_refuses_a_new_chat_before_any_llm_call(outage_backend, users, llm, pg):
+    """Issue 14, item 7: with PostgreSQL down the first message of a new conversation is refused
+    with store_unavailable before the LLM is called (it used to stream a whole reply, spend its
+    tokens, and fail only when saving it)."""
+    proxies = outage_backend["proxies"]
+    user = await users.new()
+    async with connect(outage_backend, user["token"]) as chat:
+        proxies["postgres"].down()
+        try:
+            await llm.delete("/requests")
+            rid, frames = await chat.turn("a new conversation while postgres is away")
+            sent_to_llm = (await llm.get("/requests")).json()
+        finally:
+            proxies["postgres"].up()
+        assert [f["type"] for f in frames] == ["error"], f"the refused message got frames {frames}"
+        assert frames[0]["payload"]["code"] == "store_unavailable" and frames[0]["payload"]["recoverable"]
+        assert sent_to_llm in ([], {"requests": []}), f"the LLM was called anyway: {sent_to_llm}"
+        _, frames = await chat.turn("postgres is back")
+        assert frames[-1]["type"] == "agent_completed", frames[-1]
+    assert await pg.fetchval("SELECT count(*) FROM messages WHERE request_id = $1", rid) == 0

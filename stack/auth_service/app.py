@@ -35,6 +35,7 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 
 from stack.common.errors import FieldErrors, install_validation_handler
+from stack.common.redis_client import redis_client
 from stack.common.request_id import (
     REQUEST_ID_HEADER,
     RequestIdMiddleware,
@@ -593,7 +594,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             access_ttl=settings.access_token_ttl,
         )
         pool = await create_pool(settings.auth_dsn)
-        rd = aioredis.from_url(
+        rd = redis_client(  # waits for a free connection: a burst is not a store outage
             settings.redis_url,
             decode_responses=True,
             socket_connect_timeout=2,

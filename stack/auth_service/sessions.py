@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 __all__ = ["LoginLimiter", "RotateResult", "Sessions", "session_key"]
 
-_SID = re.compile(r"^[0-9a-f]{32}$")
+_SID = re.compile(r"[0-9a-f]{32}")  # fullmatch: `$` would let a final "\n" through
 
 _ROTATE = """
 local cur = redis.call('HGET', KEYS[1], 'refresh_hash')
@@ -83,7 +83,7 @@ class Sessions:
 
     async def rotate(self, refresh_token: str) -> RotateResult:
         sid, _, secret = refresh_token.partition(".")
-        if not _SID.match(sid) or not secret:
+        if not _SID.fullmatch(sid) or not secret:
             return RotateResult("malformed")
         new_secret = secrets.token_urlsafe(32)
         result = await self._rotate(

@@ -41,7 +41,9 @@ from .usage import OutboxFlusher, money, summarize, usage_by_agent
 
 log = logging.getLogger("stack.backend")
 
-PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# fullmatch, not match with `$` (which also matches before a final "\n"); [0-9], not \d (which
+# matches any Unicode digit, and int() reads those too): "2026-05\n" is not May 2026
+PERIOD_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 @dataclass
@@ -395,7 +397,7 @@ def create_app() -> FastAPI:
         try:
             data = await request.json()
             period = data["period"]
-            match = PERIOD_RE.match(period)
+            match = PERIOD_RE.fullmatch(period)
         except (ValueError, KeyError, TypeError):
             match = None
         if not match:

@@ -179,7 +179,7 @@ class ChatConnection:
                 await self.send("rate_limited", {"retry_after": verdict.retry_after, "scope": "ws"}, rid)
                 return
             slot = await ratelimit.acquire_agent_slot(
-                self.s.redis, self.user.user_id, cfg.rate_agent_concurrency
+                self.s.redis, self.user.user_id, cfg.rate_agent_concurrency, cfg.rate_agent_slot_ttl
             )
             if not slot.allowed:
                 log.info("agent concurrency limit hit")
@@ -189,10 +189,10 @@ class ChatConnection:
             log.warning("turn rejected: %s", exc)
             await self.error("store_unavailable", "a data store is unavailable, try again shortly", rid)
             return
-        self.s.spawn(self._turn(content, thread_id, rid))
+        self.s.spawn(self._turn(content, thread_id, rid, slot.slot))
 
     # -------------------------------------------------------------------- turn
-    async def _turn(self, content: str, thread_id_raw: Any, rid: str) -> None:
+    async def _turn(self, content: str, thread_id_raw: Any, rid: str, slot: str) -> None:
         request_id_var.set(rid)
         uid = self.user.user_id
         try:
@@ -208,7 +208,7 @@ class ChatConnection:
             await self.error("internal", "internal error", rid)
         finally:
             with contextlib.suppress(Exception):
-                await ratelimit.release_agent_slot(self.s.redis, uid)
+                await ratelimit.release_agent_slot(self.s.redis, uid, slot)
 
     async def _run_turn(self, content: str, thread_id_raw: Any, rid: str) -> None:
         s, uid = self.s, self.user.user_id
@@ -217,6 +217,10 @@ class ChatConnection:
         new_thread = thread_id_raw in (None, "")
         if new_thread:
             thread_id = uuid.uuid4()
+            # A new conversation reads nothing before the LLM call: ask PostgreSQL now, so a turn
+            # that could not be saved is refused before it spends tokens (StoreUnavailable below).
+            async with s.pg.connection() as conn:
+                await conn.fetchval("SELECT 1")
         else:
             parsed = _uuid_or_none(thread_id_raw)
             owner = None

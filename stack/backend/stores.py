@@ -16,6 +16,8 @@ import clickhouse_connect
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from stack.common.redis_client import redis_client
+
 log = logging.getLogger("stack.backend.stores")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -127,9 +129,9 @@ class Postgres:
 # --------------------------------------------------------------------- Redis
 class Redis:
     def __init__(self, url: str):
-        self.client = aioredis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=3
-        )
+        # a pool that waits for a free connection (stack/common/redis_client.py): a burst of
+        # requests is answered by the rate limiter, not 503
+        self.client = redis_client(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=3)
 
     @contextlib.asynccontextmanager
     async def guard(self) -> AsyncIterator[aioredis.Redis]:

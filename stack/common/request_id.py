@@ -42,7 +42,7 @@ __all__ = [
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_VALID_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # fullmatch: `$` would let a final "\n" through
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _access_log = logging.getLogger("access")
 _log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _incoming_id(scope: dict[str, Any]) -> str:
     for name, value in scope.get("headers") or ():
         if name == _HEADER_BYTES:
             candidate = value.decode("latin-1").strip()
-            if _VALID_ID.match(candidate):
+            if _VALID_ID.fullmatch(candidate):
                 return candidate
             break
     return new_request_id()

@@ -81,6 +81,7 @@ class Settings:
     rate_ws_limit: int = 8
     rate_ws_window: int = 10
     rate_agent_concurrency: int = 2
+    rate_agent_slot_ttl: int = 300
     login_attempt_limit: int = 5
     login_attempt_window: int = 15
     price_prompt: Decimal = Decimal("0.000002")  # USD per token

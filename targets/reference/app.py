@@ -331,7 +331,12 @@ class ReferenceRecords(Records):
         """A rate-limit counter: scope http|ws|agent per user id, or login per email."""
         name = f"auth:login_fail:{subject}" if scope == "login" else f"rl:{scope}:{subject}"
         key = await self.redis.key(name)
-        return CounterRecord(name, key.exists, key.value, key.ttl if key.ttl >= 0 else None)
+        value = key.value
+        if scope == "agent" and key.type == "zset":
+            # one member per running turn, scored with its slot's expiry (ms): count the live ones
+            now_ms = time.time() * 1000
+            value = str(sum(1 for _, expires_ms in key.value or () if expires_ms > now_ms))
+        return CounterRecord(name, key.exists, value, key.ttl if key.ttl >= 0 else None)
 
     async def thread_messages(self, thread_id: str) -> list[MessageRecord]:
         return await self._messages("thread_id = $1::uuid", thread_id)

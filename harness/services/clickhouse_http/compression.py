@@ -67,7 +67,9 @@ def decompress_body(data: bytes, encoding: str) -> bytes:
         raise
     except Exception as ex:
         raise ClickHouseError.make(
-            UNKNOWN_CODEC, "UNKNOWN_CODEC", f"Cannot decompress request body with Content-Encoding {encoding}: {ex}"
+            UNKNOWN_CODEC,
+            "UNKNOWN_CODEC",
+            f"Cannot decompress request body with Content-Encoding {encoding}: {ex}",
         ) from ex
     raise ClickHouseError.make(UNKNOWN_CODEC, "UNKNOWN_CODEC", f"Unsupported Content-Encoding: {encoding}")
 
@@ -103,7 +105,9 @@ class StreamCompressor:
                 self._finish = lambda: bytes(zc.flush(zc.FLUSH_FRAME))
             else:
                 zs: Any = _zstandard.ZstdCompressor().compressobj()
-                self._compress = lambda d: bytes(zs.compress(d) + zs.flush(_zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+                self._compress = lambda d: bytes(
+                    zs.compress(d) + zs.flush(_zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+                )
                 self._finish = lambda: bytes(zs.flush())
         else:
             wbits = 31 if encoding == "gzip" else 15

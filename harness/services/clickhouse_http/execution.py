@@ -106,7 +106,9 @@ class Execution:
             for table in req.external:
                 conn.q(f"CREATE TEMPORARY TABLE {quote_ident(table.name)} ({table.structure})")
                 created.append(table.name)
-                self._insert(f"INSERT INTO {quote_ident(table.name)}".encode(), table.fmt, table.data, count=False)
+                self._insert(
+                    f"INSERT INTO {quote_ident(table.name)}".encode(), table.fmt, table.data, count=False
+                )
             if req.insert_statement is not None:
                 self._insert(req.insert_statement, req.insert_format, req.insert_data, count=True)
             elif self.has_result and self._stream_result():
@@ -174,14 +176,16 @@ class Execution:
         """The query's column types with their time zones (DESCRIBE of the query)."""
         inner = _FORMAT_TAIL_RE.sub(b"", self.req.sql.rstrip().rstrip(b";"))
         try:
-            res = self.conn.q(b"DESCRIBE TABLE (" + inner + b"\n)", "TabSeparated", self.req.bind)
+            res = self.conn.q(b"DESCRIBE TABLE (" + inner + b"\n)", "TabSeparatedRaw", self.req.bind)
         except ClickHouseError:
             return None
         return [line.split("\t")[1] for line in res.bytes().decode().splitlines() if "\t" in line]
 
     def _stream_result(self) -> bool:
         """Stream the result; False if the engine cannot stream this statement (DESCRIBE, SHOW ...)."""
-        rewriter = NativeRewriter(self.revision) if self.revision and self.req.output_format == "Native" else None
+        rewriter = (
+            NativeRewriter(self.revision) if self.revision and self.req.output_format == "Native" else None
+        )
         try:
             self._stream = stream = self._open_stream()
         except ClickHouseError as ex:

@@ -277,7 +277,12 @@ class NativeRewriter:
             data_start = p2 + type_len
             out += buf[pos:p]  # name
             real = type_name
-            if self.restore_tz and type_name == "DateTime" and self.result_types and index < len(self.result_types):
+            if (
+                self.restore_tz
+                and type_name == "DateTime"
+                and self.result_types
+                and index < len(self.result_types)
+            ):
                 candidate = self.result_types[index]
                 if candidate.startswith("DateTime("):
                     real = candidate

@@ -71,7 +71,9 @@ _BACKQUOTED_RE = re.compile(rb"`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"")
 _LEADING_NOISE_RE = re.compile(rb"\A(?:\s|--[^\n]*(?:\n|\Z)|/\*.*?\*/|\()*", re.DOTALL)
 _FIRST_WORD_RE = re.compile(rb"[A-Za-z]+")
 # Statements whose answer is a result set: these stream; everything else runs to completion.
-_RESULT_STATEMENTS = frozenset({b"SELECT", b"WITH", b"SHOW", b"DESCRIBE", b"DESC", b"EXISTS", b"EXPLAIN", b"VALUES"})
+_RESULT_STATEMENTS = frozenset(
+    {b"SELECT", b"WITH", b"SHOW", b"DESCRIBE", b"DESC", b"EXISTS", b"EXPLAIN", b"VALUES"}
+)
 
 
 def text_value(raw: bytes) -> str:
@@ -217,12 +219,18 @@ def build_request(url_params: dict[str, bytes], content_type: str, body: bytes) 
                 f"Neither structure nor types have not been provided for external table {name}. "
                 f"Use fields {name}_structure or {name}_types to do so",
             )
-        req.external.append(ExternalTable(name, data, structure, params.get(f"{name}_format") or "TabSeparated"))
+        req.external.append(
+            ExternalTable(name, data, structure, params.get(f"{name}_format") or "TabSeparated")
+        )
 
     query_param = raw.get("query", b"")
     insert = _INSERT_FORMAT_RE.match(query_param) if query_param else None
     if insert and insert.end() == len(query_param) and _is_data_insert(insert.group(1)):
-        req.insert_statement, req.insert_format, req.insert_data = insert.group(1), insert.group(2).decode(), body
+        req.insert_statement, req.insert_format, req.insert_data = (
+            insert.group(1),
+            insert.group(2).decode(),
+            body,
+        )
         return req
     full = (query_param + b"\n" + body) if query_param and body else (query_param or body)
     insert = _INSERT_FORMAT_RE.match(full[:1_048_576])

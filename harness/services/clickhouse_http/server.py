@@ -138,8 +138,10 @@ class Handler(BaseHTTPRequestHandler):
             body = self._read_body()
         except Exception as ex:  # noqa: BLE001 - broken request framing
             self.close_connection = True
-            err = ex if isinstance(ex, ClickHouseError) else ClickHouseError.make(
-                CANNOT_READ_ALL_DATA, "CANNOT_READ_ALL_DATA", str(ex)
+            err = (
+                ex
+                if isinstance(ex, ClickHouseError)
+                else ClickHouseError.make(CANNOT_READ_ALL_DATA, "CANNOT_READ_ALL_DATA", str(ex))
             )
             self._log_request(response.fail(err, {}), started, "")
             return
@@ -205,11 +207,15 @@ class Handler(BaseHTTPRequestHandler):
         if req.flag("enable_http_compression"):
             encoding = choose_encoding(self.headers.get("Accept-Encoding") or "")
         response.configure(
-            streaming=not (req.flag("wait_end_of_query") or req.flag("http_wait_end_of_query")), encoding=encoding
+            streaming=not (req.flag("wait_end_of_query") or req.flag("http_wait_end_of_query")),
+            encoding=encoding,
         )
         send_progress = req.flag("send_progress_in_http_headers")
         try:
-            interval = int(req.params.get("http_headers_progress_interval_ms") or DEFAULT_PROGRESS_INTERVAL_MS) / 1000
+            interval = (
+                int(req.params.get("http_headers_progress_interval_ms") or DEFAULT_PROGRESS_INTERVAL_MS)
+                / 1000
+            )
         except ValueError:
             interval = DEFAULT_PROGRESS_INTERVAL_MS / 1000
         interval = max(interval, 0.1)  # ClickHouse's minimum for this setting is 100 ms
@@ -222,7 +228,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             while True:
                 now = time.monotonic()
-                wait = min(DISCONNECT_POLL, max(0.0, next_progress - now)) if send_progress else DISCONNECT_POLL
+                wait = (
+                    min(DISCONNECT_POLL, max(0.0, next_progress - now)) if send_progress else DISCONNECT_POLL
+                )
                 try:
                     kind, value = execution.events.get(timeout=wait)
                 except queue.Empty:
@@ -235,7 +243,9 @@ class Handler(BaseHTTPRequestHandler):
                         client_gone = True
                         if cancel_on_close:
                             execution.cancel()
-                            _log(f"query {response.headers.get('X-ClickHouse-Query-Id')} cancelled: client went away")
+                            _log(
+                                f"query {response.headers.get('X-ClickHouse-Query-Id')} cancelled: client went away"
+                            )
                         continue
                     if send_progress and time.monotonic() >= next_progress:
                         response.progress(execution.summary())

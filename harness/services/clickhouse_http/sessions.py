@@ -76,7 +76,9 @@ class Sessions:
                 seconds = float(timeout)  # type: ignore[arg-type]
             except ValueError:
                 raise ClickHouseError.make(
-                    INVALID_SESSION_TIMEOUT, "INVALID_SESSION_TIMEOUT", f"Invalid session timeout: '{timeout}'"
+                    INVALID_SESSION_TIMEOUT,
+                    "INVALID_SESSION_TIMEOUT",
+                    f"Invalid session timeout: '{timeout}'",
                 ) from None
             if seconds > MAX_SESSION_TIMEOUT:
                 raise ClickHouseError.make(
@@ -91,14 +93,18 @@ class Sessions:
             to_close = self._sweep(now)
             session = self._sessions.get(key)
             if session is None and check:
-                raise ClickHouseError.make(SESSION_NOT_FOUND, "SESSION_NOT_FOUND", f"Session {session_id} not found")
+                raise ClickHouseError.make(
+                    SESSION_NOT_FOUND, "SESSION_NOT_FOUND", f"Session {session_id} not found"
+                )
             created = session is None
             if session is None:
                 session = Session(key, self.engine.connect(), seconds)
                 self._sessions[key] = session
             if not session.lock.acquire(blocking=False):
                 raise ClickHouseError.make(
-                    SESSION_IS_LOCKED, "SESSION_IS_LOCKED", f"Session {session_id} is locked by a concurrent client"
+                    SESSION_IS_LOCKED,
+                    "SESSION_IS_LOCKED",
+                    f"Session {session_id} is locked by a concurrent client",
                 )
         for conn in to_close:
             conn.close()

@@ -20,8 +20,8 @@ import binascii
 import hmac
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from harness.services.clickhouse_http.errors import AUTHENTICATION_FAILED, ClickHouseError
 

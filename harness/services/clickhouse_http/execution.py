@@ -15,6 +15,7 @@ import queue
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from harness.services.clickhouse_http.engine import Conn, Progress, Stream, quote_ident
@@ -25,6 +26,9 @@ from harness.services.clickhouse_http.request import Request, first_keyword, is_
 _FORMAT_TAIL_RE = re.compile(rb"\s+FORMAT\s+[A-Za-z_][A-Za-z0-9_]*\s*;?\s*$", re.IGNORECASE)
 
 DATA, END, ERROR = "data", "end", "error"
+
+# Engine calls run on pooled threads: starting a thread per request costs more than a short query.
+_WORKERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ch-query")
 
 
 class Execution:
@@ -44,11 +48,11 @@ class Execution:
         self.written: Progress = {}
         self._cancelled = threading.Event()
         self._stream: Any = None
-        self._thread = threading.Thread(target=self._run, name="ch-query", daemon=True)
+        self._future: Future[None] | None = None
 
     # -- the HTTP thread's side ------------------------------------------
     def start(self) -> Execution:
-        self._thread.start()
+        self._future = _WORKERS.submit(self._run)
         return self
 
     def cancel(self) -> None:
@@ -66,7 +70,8 @@ class Execution:
         return self._cancelled.is_set()
 
     def join(self) -> None:
-        self._thread.join()
+        if self._future is not None:
+            self._future.result()
 
     def summary(self) -> dict[str, str]:
         p = {**self.progress, **self.written}
@@ -192,6 +197,21 @@ class Execution:
             if ex.code == 36 and "Streaming query is not supported" in ex.message:
                 return False
             raise
+        try:
+            self._pump(stream, rewriter)
+        finally:
+            # an open stream would leave the connection answering empty results to the next query
+            current = self._stream
+            if current is not None:
+                try:
+                    current.cancel()
+                except Exception:  # noqa: S110 - already ended
+                    pass
+        if self._cancelled.is_set():
+            raise ClickHouseError.make(394, "QUERY_WAS_CANCELLED", "Query was cancelled")
+        return True
+
+    def _pump(self, stream: Stream, rewriter: NativeRewriter | None) -> None:
         first = True
         while not self._cancelled.is_set():
             try:
@@ -218,6 +238,3 @@ class Execution:
             self.result_rows += rows
             self.result_bytes += len(data)
             self._put(DATA, data)
-        if self._cancelled.is_set():
-            raise ClickHouseError.make(394, "QUERY_WAS_CANCELLED", "Query was cancelled")
-        return True

@@ -184,6 +184,12 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             status = 499
             what = f"{what} -> client went away"
+        except Exception as ex:  # noqa: BLE001 - a bug here still answers as a ClickHouse error
+            _log(f"clickhouse_server: unexpected {type(ex).__name__}: {ex}")
+            self.close_connection = True
+            err = ClickHouseError.make(1001, "STD_EXCEPTION", f"{type(ex).__name__}: {ex}")
+            status = response.fail(err, {}) if not response.body_started else 200
+            what = f"{what} -> {type(ex).__name__}"
         self._log_request(status, started, what)
 
     # -- one query -------------------------------------------------------

@@ -720,6 +720,17 @@ def test_should_keep_datetime_time_zones_and_low_cardinality(server, client):
     assert (n, model) == (1, "gpt-x")
     assert at == dt.datetime(2024, 5, 6, 16, 8, 9, tzinfo=ZoneInfo("Asia/Tokyo"))
     assert u == dt.datetime(2024, 1, 2, 3, 4, 5)  # UTC comes naive by default (tz_mode="naive_utc")
+    # the time zone survives behind columns of every common serialization, over several blocks
+    wide = client.query(
+        "SELECT number AS n, [number, 1] AS a, map('k', number) AS m, if(number % 2, NULL, toString(number)) AS ns, "
+        "toLowCardinality(if(number % 3 = 0, NULL, toString(number % 5))) AS lcn, tuple(number, 'a') AS t, "
+        "toDecimal64(1.5, 3) AS d, toFixedString('ab', 2) AS f, [toLowCardinality(toString(number % 7))] AS alc, "
+        "toIPv6('::1') AS ip6, CAST('a' AS Enum8('a' = 1, 'b' = 2)) AS e, [[1, 2], [3]] AS aa, "
+        "toDateTime('2024-01-02 03:04:05', 'Asia/Tokyo') AS at FROM numbers(3000) SETTINGS max_block_size = 1000"
+    )
+    assert wide.column_types[-1].name == "DateTime('Asia/Tokyo')"
+    assert wide.column_types[4].name == "LowCardinality(Nullable(String))"
+    assert len(wide.result_rows) == 3000 and wide.result_rows[-1][4] == "4"
     # a protocol the server does not produce is refused, not answered in the wrong layout
     status, headers, _ = _http(server, "/?client_protocol_version=54470", data=b"SELECT 1 FORMAT Native")
     assert status == 400 and headers["X-ClickHouse-Exception-Code"] == "36"

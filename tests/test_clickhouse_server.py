@@ -606,6 +606,14 @@ def test_should_refuse_session_check_on_an_unknown_session(server):
         with pytest.raises(DatabaseError) as exc:
             c.command("SELECT 1", settings={"session_id": f"never-{uuid.uuid4()}", "session_check": 1})
         assert exc.value.code == 372 and "SESSION_NOT_FOUND" in str(exc.value)
+        # session_timeout is the idle time before the session closes: 0 closes it after this query
+        c.command("SELECT 1", settings={"session_timeout": 0})
+        with pytest.raises(DatabaseError) as exc:
+            c.command("SELECT 1", settings={"session_check": 1})
+        assert exc.value.code == 372, "the session outlived its session_timeout"
+        with pytest.raises(DatabaseError) as exc:
+            c.command("SELECT 1", settings={"session_timeout": 3601})
+        assert exc.value.code == 374  # INVALID_SESSION_TIMEOUT: above max_session_timeout
     finally:
         c.close()
 

@@ -783,3 +783,22 @@ def test_should_report_rows_read_not_rows_returned(client):
         and summary.written_rows == 1000
         and summary.summary["read_rows"] == "1000"
     )
+
+
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", "deflate"])
+def test_should_stream_compressed_blocks_and_a_compressed_error(server, compress):
+    c = server.client(compress=compress)
+    try:
+        with c.query_rows_stream(
+            "SELECT number FROM numbers(20000) SETTINGS max_block_size = 1000"
+        ) as stream:
+            assert sum(row[0] for row in stream) == sum(range(20000))
+        with pytest.raises(StreamFailureError) as exc:
+            with c.query_rows_stream(
+                "SELECT number, throwIf(number = 15000) FROM numbers(20000) SETTINGS max_block_size = 1000"
+            ) as stream:
+                for _ in stream:
+                    pass
+        assert exc.value.code == 395
+    finally:
+        c.close()

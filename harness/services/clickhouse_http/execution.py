@@ -32,7 +32,11 @@ _WORKERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ch-query")
 
 
 class Execution:
-    """Runs the request's statement; :attr:`events` yields (DATA, bytes) ..., then (END, None) or (ERROR, err)."""
+    """Runs the request's statement.
+
+    :attr:`events` yields (DATA, bytes) ..., then (END, (bytes | None, None)) or (ERROR, (bytes | None,
+    error)): the last event may carry the last block.
+    """
 
     def __init__(self, conn: Conn, req: Request, *, in_session: bool, revision: int):
         self.conn = conn
@@ -49,6 +53,7 @@ class Execution:
         self._cancelled = threading.Event()
         self._stream: Any = None
         self._future: Future[None] | None = None
+        self._held: bytes | None = None
 
     # -- the HTTP thread's side ------------------------------------------
     def start(self) -> Execution:
@@ -68,10 +73,6 @@ class Execution:
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
-
-    def join(self) -> None:
-        if self._future is not None:
-            self._future.result()
 
     def summary(self) -> dict[str, str]:
         p = {**self.progress, **self.written}
@@ -97,12 +98,20 @@ class Execution:
                 if self._cancelled.is_set() and kind == DATA:
                     return  # nobody reads any more; drop the block
 
+    def _block(self, data: bytes) -> None:
+        """Hand over the block before this one: each block waits for the next (or the end), so a small
+        result crosses threads once, with its end.  ClickHouse itself holds back up to 1 MiB."""
+        held, self._held = self._held, data
+        if held is not None:
+            self._put(DATA, held)
+
     def _on_progress(self, progress: Progress) -> None:
         self.progress = progress
 
     def _run(self) -> None:
         conn, req = self.conn, self.req
         created: list[str] = []
+        final: tuple[str, Any]
         conn.watch_progress(self._on_progress)
         try:
             if self.revision and req.output_format == "Native" and self.revision < 54405:
@@ -120,18 +129,21 @@ class Execution:
                 pass
             else:
                 self._run_whole()
-            self._put(END, None)
+            final = (END, None)
         except ClickHouseError as ex:
-            self._put(ERROR, ex)
+            final = (ERROR, ex)
         except Exception as ex:  # noqa: BLE001 - any engine failure is a ClickHouse error to the client
-            self._put(ERROR, ClickHouseError.from_engine(ex))
-        finally:
-            for name in created:
-                try:
-                    conn.q(f"DROP TEMPORARY TABLE IF EXISTS {quote_ident(name)}")
-                except ClickHouseError:
-                    conn.dirty = True
-            conn.watch_progress(None)
+            final = (ERROR, ClickHouseError.from_engine(ex))
+        for name in created:
+            try:
+                conn.q(f"DROP TEMPORARY TABLE IF EXISTS {quote_ident(name)}")
+            except ClickHouseError:
+                conn.dirty = True
+        conn.watch_progress(None)
+        # The last event: after it the worker no longer touches the connection.
+        held, self._held = self._held, None
+        kind, value = final
+        self._put(kind, (held, value))
 
     def _run_whole(self) -> None:
         conn, req = self.conn, self.req
@@ -143,7 +155,7 @@ class Execution:
             if self.revision and req.output_format == "Native":
                 data = NativeRewriter(self.revision).rewrite(data)
             self.result_bytes = len(data)
-            self._put(DATA, data)
+            self._block(data)
         conn.after_statement(req.sql, first_keyword(req.sql), self.in_session)
 
     def _insert(self, statement: bytes, fmt: str, data: bytes, *, count: bool) -> None:
@@ -237,4 +249,4 @@ class Execution:
             first = False
             self.result_rows += rows
             self.result_bytes += len(data)
-            self._put(DATA, data)
+            self._block(data)

@@ -143,7 +143,9 @@ class Handler(BaseHTTPRequestHandler):
                 if isinstance(ex, ClickHouseError)
                 else ClickHouseError.make(CANNOT_READ_ALL_DATA, "CANNOT_READ_ALL_DATA", str(ex))
             )
-            self._log_request(response.fail(err, {}), started, "")
+            status = response.fail(err, {})
+            response.flush()
+            self._log_request(status, started, "")
             return
         if path in ("/ping", "/replicas_status"):
             self._simple(200, b"Ok.\n", started, path)
@@ -179,6 +181,7 @@ class Handler(BaseHTTPRequestHandler):
                 status = self._run(conn, req, response, in_session=bool(session_id), started=started)
         except ClickHouseError as ex:
             status = response.fail(ex, {}) if not response.body_started else 200
+            response.flush()
             what = f"{what} -> Code {ex.code}"
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -189,6 +192,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             err = ClickHouseError.make(1001, "STD_EXCEPTION", f"{type(ex).__name__}: {ex}")
             status = response.fail(err, {}) if not response.body_started else 200
+            response.flush()
             what = f"{what} -> {type(ex).__name__}"
         self._log_request(status, started, what)
 
@@ -230,6 +234,7 @@ class Handler(BaseHTTPRequestHandler):
         cancel_on_close = req.flag("cancel_http_readonly_queries_on_client_close") and execution.has_result
         next_progress = time.monotonic() + interval
         client_gone = False
+        got_final = False
         status = 200
         try:
             while True:
@@ -255,29 +260,38 @@ class Handler(BaseHTTPRequestHandler):
                         continue
                     if send_progress and time.monotonic() >= next_progress:
                         response.progress(execution.summary())
+                        response.flush()
                         next_progress = time.monotonic() + interval
                     continue
+                if kind != DATA:
+                    got_final = True
                 if client_gone:
-                    if kind != DATA:
+                    if got_final:
                         break
                     continue
                 if kind == DATA:
                     response.data(value, execution.summary(), content_type)
-                elif kind == END:
+                    if execution.events.empty():
+                        response.flush()  # nothing else ready: the client gets this block now
+                    continue
+                last, outcome = value
+                if last is not None:
+                    response.data(last, execution.summary(), content_type)
+                if kind == END:
                     status = response.finish(execution.summary(), execution.has_result, content_type)
-                    break
                 else:
-                    status = response.fail(value, execution.summary())
-                    break
+                    status = response.fail(outcome, execution.summary())
+                response.flush()
+                break
         except (BrokenPipeError, ConnectionResetError):
             client_gone = True
             execution.cancel()
-            while True:  # let the worker finish before the connection is given back
-                kind, _ = execution.events.get()
-                if kind != DATA:
-                    break
         finally:
-            execution.join()
+            # the worker must be done with the connection before it is given back
+            if not got_final:
+                execution.cancel()
+            while not got_final:
+                got_final = execution.events.get()[0] != DATA
         if client_gone:
             self.close_connection = True
             return 499

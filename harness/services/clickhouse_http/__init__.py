@@ -27,7 +27,7 @@ connections run in parallel.  So a ClickHouse session is a chdb connection of it
 sessionless requests borrow pooled connections whose request settings are undone afterwards.
 Where this differs from ClickHouse is said in :mod:`.sessions`, :mod:`.response` and
 :mod:`.native`; in short: URL settings of a session request are undone by re-applying the
-session's values (read back after each ``SET``); expired sessions are closed when the next
+session's values (read back after each ``SET``); expired sessions are closed when the next session
 request comes; progress headers go out on a timer; a ``DateTime('tz')`` result column costs one
 ``DESCRIBE`` and a second run of the query before anything is sent; external tables are
 temporary tables of the connection for the time of the query, so one cannot share the name of a

@@ -18,7 +18,7 @@ Where this differs from ClickHouse: session state lives in a chdb connection, so
 settings are those of that connection (ClickHouse copies the session context per query); URL
 settings of a session request are undone after the request by re-applying the session's own
 values, which this server learns by reading back the settings named in ``SET`` statements.  An
-expired session is closed when the next request arrives (ClickHouse has a background thread).
+expired session is closed when the next session request arrives (ClickHouse has a background thread).
 """
 
 from __future__ import annotations

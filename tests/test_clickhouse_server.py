@@ -18,10 +18,13 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import clickhouse_connect
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, StreamFailureError
+from clickhouse_connect.driver.external import ExternalData
+from clickhouse_connect.driver.summary import QuerySummary
 
 REPO = Path(__file__).resolve().parents[1]
 START_DEADLINE = 30.0
@@ -34,8 +37,9 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, path: Path, port: int | None = None):
+    def __init__(self, path: Path, port: int | None = None, args: list[str] | None = None):
         self.path = path
+        self.args = args or []
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = path.parent / f"{path.name}-{self.port}.log"
@@ -54,6 +58,7 @@ class ServerProcess:
                 str(self.path),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             cwd=REPO,
             stdout=self._log_file,
@@ -101,7 +106,11 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("clickhouse") / "data").start()
+    # `default` keeps its empty password (what the harness and the reference platform use); alice is
+    # there for the wrong-password test.
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("clickhouse") / "data", args=["--user", "default:", "--user", "alice:s3cret"]
+    ).start()
     try:
         yield srv
     finally:
@@ -458,3 +467,338 @@ def test_port_in_use_and_bad_path_exit_nonzero(server, tmp_path):
     )
     assert proc.returncode != 0
     assert "data directory" in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Behaving like a ClickHouse server (issue 13): sessions, streaming, summaries, external data,
+# protocol versions, bytes, users, counters.
+
+
+def _wait_for(probe, what: str, timeout: float = 10.0):
+    """Poll probe() until it returns something truthy; fail with what was expected and last seen."""
+    __tracebackhide__ = True
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.02)  # poll interval of a probe with a deadline
+    raise AssertionError(f"{what} within {timeout}s; last seen: {last!r}")
+
+
+def _running(client, marker: str) -> int:
+    """How many queries whose text has marker the engine is running (not counting this probe)."""
+    return client.command(
+        "SELECT count() FROM system.processes WHERE position(query, {m:String}) > 0 "
+        "AND position(query, 'system.processes') = 0",
+        parameters={"m": marker},
+    )
+
+
+def test_should_keep_two_sessions_apart(server, client):
+    a = server.client(session_id=f"a-{uuid.uuid4()}")
+    b = server.client(session_id=f"b-{uuid.uuid4()}")
+    try:
+        a.command("SET max_block_size = 1234")
+        a.command("CREATE DATABASE IF NOT EXISTS sess_db")
+        a.command("USE sess_db")
+        a.command("CREATE TEMPORARY TABLE scratch (x UInt8)")
+        a.command("INSERT INTO scratch VALUES (1), (2)")
+        # the session keeps its own state from one request to the next
+        assert a.command("SELECT getSetting('max_block_size')") == 1234
+        assert a.command("SELECT currentDatabase()") == "sess_db"
+        assert a.command("SELECT sum(x) FROM scratch") == 3
+        # ... and the other session sees none of it
+        assert b.command("SELECT getSetting('max_block_size')") != 1234, "a SET leaked into another session"
+        assert b.command("SELECT currentDatabase()") == "default", "a USE leaked into another session"
+        with pytest.raises(DatabaseError) as exc:
+            b.command("SELECT sum(x) FROM scratch")
+        assert exc.value.code == 60, "a temporary table leaked into another session"
+        # a request's own settings apply to that request only, also inside a session
+        assert a.command("SELECT getSetting('max_block_size')", settings={"max_block_size": 77}) == 77
+        assert a.command("SELECT getSetting('max_block_size')") == 1234
+        # nor do sessionless requests see it
+        assert client.command("SELECT getSetting('max_block_size')") != 1234
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_should_keep_two_async_sessions_apart(server):
+    a = await clickhouse_connect.get_async_client(
+        host="127.0.0.1", port=server.port, session_id=f"aa-{uuid.uuid4()}"
+    )
+    b = await clickhouse_connect.get_async_client(
+        host="127.0.0.1", port=server.port, session_id=f"ab-{uuid.uuid4()}"
+    )
+    try:
+        await a.command("CREATE TEMPORARY TABLE async_scratch (x UInt8)")
+        await a.command("INSERT INTO async_scratch VALUES (5)")
+        await a.command("SET max_threads = 3")
+        assert await a.command("SELECT x FROM async_scratch") == 5
+        assert await a.command("SELECT getSetting('max_threads')") == 3
+        assert await b.command("SELECT getSetting('max_threads')") != 3
+        with pytest.raises(DatabaseError) as exc:
+            await b.command("SELECT x FROM async_scratch")
+        assert exc.value.code == 60
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_should_not_leak_settings_or_state_of_sessionless_requests(server):
+    c = server.client(autogenerate_session_id=False)
+    other = server.client(autogenerate_session_id=False)
+    try:
+        c.command("SET max_block_size = 4321")
+        c.command("CREATE DATABASE IF NOT EXISTS sessionless_db")
+        c.command("USE sessionless_db")
+        for probe in (c, other):
+            assert probe.command("SELECT getSetting('max_block_size')") != 4321, (
+                "a sessionless SET stayed in force"
+            )
+            assert probe.command("SELECT currentDatabase()") == "default", "a sessionless USE stayed in force"
+        assert c.command("SELECT getSetting('max_block_size')", settings={"max_block_size": 99}) == 99
+        assert other.command("SELECT getSetting('max_block_size')") != 99
+    finally:
+        c.close()
+        other.close()
+
+
+def test_should_refuse_a_concurrent_query_in_a_locked_session(server, client):
+    session = f"locked-{uuid.uuid4()}"
+    first = server.client(session_id=session)
+    second = server.client(session_id=session)
+    marker = f"lock-{uuid.uuid4().hex[:8]}"
+    outcome: dict = {}
+
+    def slow() -> None:
+        try:
+            outcome["rows"] = first.query(
+                f"SELECT sleepEachRow(0.05), '{marker}' FROM numbers(20) SETTINGS max_block_size = 1"
+            ).result_rows
+        except BaseException as ex:  # noqa: BLE001 - asserted below
+            outcome["error"] = ex
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    try:
+        _wait_for(lambda: _running(client, marker), "the first query of the session running")
+        with pytest.raises(DatabaseError) as exc:
+            second.command("SELECT 1")
+        assert exc.value.code == 373 and "SESSION_IS_LOCKED" in str(exc.value)
+    finally:
+        worker.join(timeout=30)
+    assert "error" not in outcome, outcome
+    assert len(outcome["rows"]) == 20
+    assert second.command("SELECT 1") == 1, "the session stays locked after its query ended"
+    first.close()
+    second.close()
+
+
+def test_should_refuse_session_check_on_an_unknown_session(server):
+    session = f"known-{uuid.uuid4()}"
+    c = server.client(session_id=session)
+    try:
+        c.command("SELECT 1")  # the session starts with its first query
+        assert c.command("SELECT 1", settings={"session_check": 1}) == 1
+        with pytest.raises(DatabaseError) as exc:
+            c.command("SELECT 1", settings={"session_id": f"never-{uuid.uuid4()}", "session_check": 1})
+        assert exc.value.code == 372 and "SESSION_NOT_FOUND" in str(exc.value)
+        # session_timeout is the idle time before the session closes: 0 closes it after this query
+        c.command("SELECT 1", settings={"session_timeout": 0})
+        with pytest.raises(DatabaseError) as exc:
+            c.command("SELECT 1", settings={"session_check": 1})
+        assert exc.value.code == 372, "the session outlived its session_timeout"
+        with pytest.raises(DatabaseError) as exc:
+            c.command("SELECT 1", settings={"session_timeout": 3601})
+        assert exc.value.code == 374  # INVALID_SESSION_TIMEOUT: above max_session_timeout
+    finally:
+        c.close()
+
+
+def test_should_raise_a_stream_failure_for_an_error_after_rows(client):
+    sql = "SELECT number, throwIf(number = 30000) FROM numbers(60000) SETTINGS max_block_size = 1000"
+    seen = 0
+    with pytest.raises(StreamFailureError) as exc:
+        with client.query_rows_stream(sql) as stream:
+            for _ in stream:
+                seen += 1
+    assert exc.value.code == 395 and "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO" in str(exc.value)
+    assert seen >= 1000, "rows before the error reached the client"
+    # A buffered query (wait_end_of_query=1) fails as a whole, with an HTTP error status.
+    with pytest.raises(DatabaseError) as exc2:
+        client.query(sql)
+    assert not isinstance(exc2.value, StreamFailureError) and exc2.value.code == 395
+    assert client.command("SELECT 3") == 3
+
+
+def test_should_keep_a_long_query_alive_with_progress_headers(server):
+    c = server.client(send_receive_timeout=1)
+    try:
+        started = time.monotonic()
+        # per query: the client puts its own interval (at least 10 s) over client-level settings
+        rows = c.query(
+            "SELECT sleepEachRow(0.25), number FROM numbers(8) SETTINGS max_block_size = 1",
+            settings={"http_headers_progress_interval_ms": 200},
+        ).result_rows
+        assert len(rows) == 8
+        assert time.monotonic() - started > 1.5, "the query ran longer than the client's receive timeout"
+    finally:
+        c.close()
+
+
+def test_should_cancel_a_query_whose_client_went_away(server, client):
+    marker = f"cancel-{uuid.uuid4().hex[:8]}"
+    # without progress headers the client gives up after its 1 s receive timeout and closes
+    c = server.client(send_receive_timeout=1, settings={"send_progress_in_http_headers": 0})
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError):
+            c.query(f"SELECT sleepEachRow(0.1), '{marker}' FROM numbers(100) SETTINGS max_block_size = 1")
+    finally:
+        c.close()
+    # the 10 s query is gone long before it would have ended
+    _wait_for(lambda: _running(client, marker) == 0, "the abandoned query cancelled", timeout=5)
+    assert time.monotonic() - started < 8
+    _wait_for(lambda: "cancelled: client went away" in server.log.read_text(), "the cancel in the server log")
+
+
+def test_should_answer_ddl_with_a_summary_and_no_format(server, client):
+    summary = client.command("CREATE TABLE IF NOT EXISTS analytics.ddl_probe (x UInt8) ENGINE = Memory")
+    assert isinstance(summary, QuerySummary), f"command() returned {summary!r}"
+    assert summary.query_id()
+    dropped = client.command("DROP TABLE analytics.ddl_probe")
+    assert isinstance(dropped, QuerySummary) and dropped.query_id()
+    status, headers, body = _http(
+        server, "/", data=b"CREATE TABLE analytics.ddl_probe2 (x UInt8) ENGINE = Memory"
+    )
+    assert (status, body) == (200, b"")
+    assert "X-ClickHouse-Format" not in headers and headers["X-ClickHouse-Query-Id"]
+    status, headers, _ = _http(server, "/", data=b"DROP TABLE analytics.ddl_probe2")
+    assert status == 200 and "X-ClickHouse-Format" not in headers
+    status, headers, _ = _http(server, "/", data=b"SELECT 1")
+    assert headers["X-ClickHouse-Format"] == "TabSeparated"
+
+
+def test_should_query_external_data(server, client):
+    people = ExternalData(
+        file_name="people.csv", data=b"1,ann\n2,bob\n", fmt="CSV", structure=["id UInt32", "name String"]
+    )
+    assert client.query("SELECT name FROM people WHERE id = 2", external_data=people).result_rows == [
+        ("bob",)
+    ]
+    scores = ExternalData(file_name="scores", data=b"7\n9\n", types="UInt8")
+    assert client.query("SELECT sum(_1) FROM scores", external_data=scores).result_rows == [(16,)]
+    # per query only: gone afterwards, for this client and in a session too
+    with pytest.raises(DatabaseError) as exc:
+        client.query("SELECT * FROM people")
+    assert exc.value.code == 60
+    c = server.client(session_id=f"ext-{uuid.uuid4()}")
+    try:
+        assert c.query("SELECT count() FROM people", external_data=people).result_rows == [(2,)]
+        with pytest.raises(DatabaseError):
+            c.query("SELECT * FROM people")
+    finally:
+        c.close()
+
+
+def test_should_keep_datetime_time_zones_and_low_cardinality(server, client):
+    assert client.protocol_version == 54405, "the client fell back to protocol 0"
+    client.command(
+        "CREATE TABLE IF NOT EXISTS analytics.tz_probe (at DateTime('Asia/Tokyo'), model LowCardinality(String), "
+        "n UInt8) ENGINE = Memory"
+    )
+    client.insert(
+        "analytics.tz_probe",
+        [[dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC), "gpt-x", 1]],
+        column_names=["at", "model", "n"],
+    )
+    result = client.query(
+        "SELECT n, at, model, toDateTime('2024-01-02 03:04:05', 'UTC') AS u FROM analytics.tz_probe"
+    )
+    assert [t.name for t in result.column_types] == [
+        "UInt8",
+        "DateTime('Asia/Tokyo')",
+        "LowCardinality(String)",
+        "DateTime('UTC')",
+    ]
+    n, at, model, u = result.result_rows[0]
+    assert (n, model) == (1, "gpt-x")
+    assert at == dt.datetime(2024, 5, 6, 16, 8, 9, tzinfo=ZoneInfo("Asia/Tokyo"))
+    assert u == dt.datetime(2024, 1, 2, 3, 4, 5)  # UTC comes naive by default (tz_mode="naive_utc")
+    # the time zone survives behind columns of every common serialization, over several blocks
+    wide = client.query(
+        "SELECT number AS n, [number, 1] AS a, map('k', number) AS m, if(number % 2, NULL, toString(number)) AS ns, "
+        "toLowCardinality(if(number % 3 = 0, NULL, toString(number % 5))) AS lcn, tuple(number, 'a') AS t, "
+        "toDecimal64(1.5, 3) AS d, toFixedString('ab', 2) AS f, [toLowCardinality(toString(number % 7))] AS alc, "
+        "toIPv6('::1') AS ip6, CAST('a' AS Enum8('a' = 1, 'b' = 2)) AS e, [[1, 2], [3]] AS aa, "
+        "toDateTime('2024-01-02 03:04:05', 'Asia/Tokyo') AS at FROM numbers(3000) SETTINGS max_block_size = 1000"
+    )
+    assert wide.column_types[-1].name == "DateTime('Asia/Tokyo')"
+    assert wide.column_types[4].name == "LowCardinality(Nullable(String))"
+    assert len(wide.result_rows) == 3000 and wide.result_rows[-1][4] == "4"
+    # a protocol the server does not produce is refused, not answered in the wrong layout
+    status, headers, _ = _http(server, "/?client_protocol_version=54470", data=b"SELECT 1 FORMAT Native")
+    assert status == 400 and headers["X-ClickHouse-Exception-Code"] == "36"
+
+
+def test_should_take_bytes_in_query_and_parameters(server, client):
+    blob = bytes([0, 0xFF, 0x10, 0xC3])  # not UTF-8
+    assert client.query("SELECT hex($blob$) AS h", parameters={"$blob$": blob}).result_rows == [("00FF10C3",)]
+    assert client.query("SELECT hex({p:String}) AS h", parameters={"p": blob}).result_rows == [("00FF10C3",)]
+    status, _, body = _http(server, "/?param_p=%FF%FE%00", data=b"SELECT hex({p:String})")
+    assert (status, body) == (200, b"FFFE00\n")
+    status, _, body = _http(server, "/", data=b"SELECT hex('\xff\xfe')")
+    assert (status, body) == (200, b"FFFE\n")
+
+
+def test_should_refuse_a_wrong_password_with_code_516(server):
+    alice = server.client(username="alice", password="s3cret")
+    try:
+        assert alice.command("SELECT currentUser() != ''") == 1
+    finally:
+        alice.close()
+    for username, password in (("alice", "wrong"), ("mallory", ""), ("default", "not-empty")):
+        with pytest.raises(DatabaseError) as exc:
+            server.client(username=username, password=password)
+        assert exc.value.code == 516 and "AUTHENTICATION_FAILED" in str(exc.value), (username, str(exc.value))
+    status, headers, body = _http(server, "/?user=alice&password=nope", data=b"SELECT 1")
+    assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "516"
+    assert b"Authentication failed" in body
+
+
+def test_should_report_rows_read_not_rows_returned(client):
+    result = client.query("SELECT count() FROM numbers(100000) WHERE number % 3 = 0")
+    assert result.result_rows == [(33334,)]
+    assert result.summary["read_rows"] == "100000", result.summary
+    assert result.summary["result_rows"] == "1", result.summary
+    client.command("CREATE TABLE IF NOT EXISTS analytics.counted (x UInt32) ENGINE = Memory")
+    written = client.insert("analytics.counted", [[i] for i in range(250)], column_names=["x"])
+    assert written.written_rows == 250
+    summary = client.command("INSERT INTO analytics.counted SELECT number FROM numbers(1000)")
+    assert (
+        isinstance(summary, QuerySummary)
+        and summary.written_rows == 1000
+        and summary.summary["read_rows"] == "1000"
+    )
+
+
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", "deflate"])
+def test_should_stream_compressed_blocks_and_a_compressed_error(server, compress):
+    c = server.client(compress=compress)
+    try:
+        with c.query_rows_stream(
+            "SELECT number FROM numbers(20000) SETTINGS max_block_size = 1000"
+        ) as stream:
+            assert sum(row[0] for row in stream) == sum(range(20000))
+        with pytest.raises(StreamFailureError) as exc:
+            with c.query_rows_stream(
+                "SELECT number, throwIf(number = 15000) FROM numbers(20000) SETTINGS max_block_size = 1000"
+            ) as stream:
+                for _ in stream:
+                    pass
+        assert exc.value.code == 395
+    finally:
+        c.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -146,9 +147,10 @@ def redis_url(stores):
     return stores.redis_url(0)
 
 
-@pytest.fixture(scope="module")
-def pg_dsn(stores):
-    name = f"backend_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_database(stores, prefix: str):
+    """A new, empty PostgreSQL database (its DSN), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
 
     async def admin(sql: str):
         conn = await asyncpg.connect(f"{stores.pg_base}/postgres")
@@ -158,8 +160,25 @@ def pg_dsn(stores):
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield f"{stores.pg_base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield f"{stores.pg_base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def pg_dsn(stores):
+    with fresh_database(stores, "backend_test") as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+def outage_pg_dsn(stores):
+    """The outage backend's own database: the main backend's usage flusher, which flushes every
+    user's pending usage each second, must not flush what the outage backend keeps while its
+    ClickHouse is away."""
+    with fresh_database(stores, "backend_outage") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
@@ -982,8 +1001,10 @@ class TcpProxy:
 
 
 @pytest.fixture(scope="module")
-def outage_backend(backend, pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, tmp_path_factory):
-    """A second backend whose PostgreSQL, Redis and ClickHouse connections go through switchable proxies."""
+def outage_backend(backend, outage_pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, tmp_path_factory):
+    """A second backend, over a database of its own, whose PostgreSQL, Redis and ClickHouse
+    connections go through switchable proxies."""
+    pg_dsn = outage_pg_dsn
     pg_host_port = pg_dsn.split("@", 1)[1].split("/", 1)[0]
     proxies = {
         "postgres": TcpProxy("127.0.0.1", int(pg_host_port.rsplit(":", 1)[1])),
@@ -1014,14 +1035,35 @@ def outage_backend(backend, pg_dsn, redis_url, clickhouse_url, llm_url, auth_url
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/health", proc)
-            yield {"url": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}/ws", "proxies": proxies}
+            yield {
+                "url": f"http://127.0.0.1:{port}",
+                "ws": f"ws://127.0.0.1:{port}/ws",
+                "proxies": proxies,
+                "dsn": pg_dsn,
+            }
         finally:
             stop(proc)
             for p in proxies.values():
                 p.up()
 
 
-async def test_store_outages_degrade_and_recover(outage_backend, users, ch, pg):
+@pytest.fixture
+async def outage_pg(outage_backend):
+    """A connection to the outage backend's own database."""
+    conn = await asyncpg.connect(outage_backend["dsn"])
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def outage_users(outage_backend, rsa_key, rds):
+    """Users announced to the outage backend (its own database holds their profiles)."""
+    async with httpx.AsyncClient(base_url=outage_backend["url"], timeout=10) as client:
+        yield Users(rsa_key, client, rds)
+
+
+async def test_store_outages_degrade_and_recover(outage_backend, outage_users, ch, outage_pg):
+    pg, users = outage_pg, outage_users
     proxies = outage_backend["proxies"]
     user = await users.new()
     auth = user["auth"]
@@ -1082,12 +1124,14 @@ async def test_store_outages_degrade_and_recover(outage_backend, users, ch, pg):
     assert await pg.fetchval("SELECT count(*) FROM messages WHERE user_id = $1", uuid.UUID(user["id"])) == 8
 
 
-async def test_postgres_down_refuses_a_new_chat_before_any_llm_call(outage_backend, users, llm, pg):
+async def test_postgres_down_refuses_a_new_chat_before_any_llm_call(
+    outage_backend, outage_users, llm, outage_pg
+):
     """Issue 14, item 7: with PostgreSQL down the first message of a new conversation is refused
     with store_unavailable before the LLM is called (it used to stream a whole reply, spend its
     tokens, and fail only when saving it)."""
     proxies = outage_backend["proxies"]
-    user = await users.new()
+    user = await outage_users.new()
     async with connect(outage_backend, user["token"]) as chat:
         proxies["postgres"].down()
         try:
@@ -1101,4 +1145,4 @@ async def test_postgres_down_refuses_a_new_chat_before_any_llm_call(outage_backe
         assert sent_to_llm in ([], {"requests": []}), f"the LLM was called anyway: {sent_to_llm}"
         _, frames = await chat.turn("postgres is back")
         assert frames[-1]["type"] == "agent_completed", frames[-1]
-    assert await pg.fetchval("SELECT count(*) FROM messages WHERE request_id = $1", rid) == 0
+    assert await outage_pg.fetchval("SELECT count(*) FROM messages WHERE request_id = $1", rid) == 0

@@ -1011,7 +1011,6 @@ def outage_backend(backend, outage_pg_dsn, redis_url, clickhouse_url, llm_url, a
         "redis": TcpProxy("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0])),
         "clickhouse": TcpProxy("127.0.0.1", int(clickhouse_url.rsplit(":", 1)[1])),
     }
-    port = free_port()
     env = {
         **os.environ,
         "TL_BACKEND_DSN": pg_dsn.replace(pg_host_port, f"127.0.0.1:{proxies['postgres'].port}"),
@@ -1024,27 +1023,13 @@ def outage_backend(backend, outage_pg_dsn, redis_url, clickhouse_url, llm_url, a
         "TL_JWT_ISSUER": ISSUER,
         "TL_JWT_AUDIENCE": AUDIENCE,
     }
-    log_path = tmp_path_factory.mktemp("outage") / "backend.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stack.backend", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health", proc)
-            yield {
-                "url": f"http://127.0.0.1:{port}",
-                "ws": f"ws://127.0.0.1:{port}/ws",
-                "proxies": proxies,
-                "dsn": pg_dsn,
-            }
-        finally:
-            stop(proc)
-            for p in proxies.values():
-                p.up()
+    proc, urls = spawn_backend(env, tmp_path_factory.mktemp("outage") / "backend.log")
+    try:
+        yield {**urls, "proxies": proxies, "dsn": pg_dsn}
+    finally:
+        stop(proc)
+        for p in proxies.values():
+            p.up()
 
 
 @pytest.fixture

@@ -226,7 +226,6 @@ def llm_url():
 
 @pytest.fixture(scope="module")
 def backend(pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, tmp_path_factory):
-    port = free_port()
     env = {
         **os.environ,
         "TL_BACKEND_DSN": pg_dsn,
@@ -247,21 +246,12 @@ def backend(pg_dsn, redis_url, clickhouse_url, llm_url, auth_url, tmp_path_facto
         "TL_RATE_WS_WINDOW": "30",
         "TL_RATE_AGENT_CONCURRENCY": str(AGENT_CONCURRENCY),
     }
-    log_path = tmp_path_factory.mktemp("backend") / "backend.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stack.backend", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health", proc)
-            yield {"url": url, "ws": f"ws://127.0.0.1:{port}/ws", "log": log_path}
-        finally:
-            stop(proc)
+    proc, urls = spawn_backend(env, tmp_path_factory.mktemp("backend") / "backend.log")
+    log_path = urls["log"]
+    try:
+        yield urls
+    finally:
+        stop(proc)
     log_text = log_path.read_text()
     assert "sk-standin" not in log_text
     assert "eyJ" not in log_text, "a token reached the backend log"

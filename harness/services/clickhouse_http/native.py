@@ -91,7 +91,8 @@ class _Type:
         self.args = args
 
 
-def _split_args(text: str) -> list[str]:
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses and quotes (backslash escapes inside quotes); parts stripped."""
     parts: list[str] = []
     depth = 0
     quote = ""
@@ -127,7 +128,7 @@ def _parse(type_name: str) -> _Type:
         return _Type(type_name, [])
     if not type_name.endswith(")"):
         raise Unsupported(type_name)
-    return _Type(type_name[:paren].strip(), _split_args(type_name[paren + 1 : -1]))
+    return _Type(type_name[:paren].strip(), split_top_level(type_name[paren + 1 : -1]))
 
 
 def _element_type(arg: str) -> str:

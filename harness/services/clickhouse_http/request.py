@@ -22,6 +22,7 @@ from harness.services.clickhouse_http.errors import (
     UNKNOWN_SETTING,
     ClickHouseError,
 )
+from harness.services.clickhouse_http.native import split_top_level
 
 # Parameters of the HTTP interface that are not engine settings.
 TRANSPORT_PARAMS = frozenset(
@@ -211,7 +212,7 @@ def build_request(url_params: dict[str, bytes], content_type: str, body: bytes) 
         structure = params.get(f"{name}_structure")
         types = params.get(f"{name}_types")
         if not structure and types:
-            structure = ", ".join(f"_{i + 1} {t.strip()}" for i, t in enumerate(_split_top_level(types)))
+            structure = ", ".join(f"_{i + 1} {t.strip()}" for i, t in enumerate(split_top_level(types)))
         if not structure:
             raise ClickHouseError.make(
                 36,
@@ -244,28 +245,3 @@ def build_request(url_params: dict[str, bytes], content_type: str, body: bytes) 
     match = _TRAILING_FORMAT_RE.search(full[-200:])
     req.output_format = match.group(1).decode() if match else (params.get("default_format") or "TabSeparated")
     return req
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses and quotes."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth, quote = 0, ""
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    if "".join(current).strip():
-        parts.append("".join(current))
-    return parts

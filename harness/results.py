@@ -108,7 +108,9 @@ class TestRecord:
                 self.longrepr = redact(str(report.longrepr))
                 crash = getattr(report.longrepr, "reprcrash", None)
                 self.message = (
-                    redact(str(crash.message)) if crash is not None else self.longrepr.splitlines()[0]
+                    redact(str(crash.message))
+                    if crash is not None
+                    else (self.longrepr.splitlines() or [""])[0]
                 )
                 self.sections = [[redact(t), redact(s)] for t, s in report.sections]
         elif reason is not None:

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from _pytest._code.code import ReprFileLocation
 from playwright.async_api import Browser, BrowserContext, BrowserType, Error, Page, expect
+from pytest_playwright_asyncio.pytest_playwright import slugify as _slugify
 
 from harness import report, results
 from harness.browser import (
@@ -401,6 +402,30 @@ class BrowserFixtures:
     ) -> dict[str, Any]:
         """`browser.new_context` arguments: viewport from the settings, then upstream's (video, device)."""
         return {**browser_settings.context_options(), **browser_context_args}
+
+    @pytest.fixture
+    def _artifacts_recorder(self, _artifacts_recorder: Any, browser_settings: BrowserSettings) -> Any:
+        """Upstream's recorder of traces and screenshots, tracing each context per TRACE_SCREENSHOTS.
+
+        Upstream always records the screencast filmstrip; the DOM snapshots, network, console and
+        sources stay on either way (playwright.config.py says what the filmstrip costs).
+        """
+        if browser_settings.trace_screenshots:
+            return _artifacts_recorder
+        recorder = _artifacts_recorder
+
+        async def start_tracing(context: BrowserContext) -> None:
+            context.on("page", lambda page: recorder._all_pages.append(page))
+            if recorder._request and recorder._capture_trace:
+                await context.tracing.start(
+                    title=_slugify(recorder._request.node.nodeid),
+                    screenshots=False,
+                    snapshots=True,
+                    sources=True,
+                )
+
+        recorder.on_did_create_browser_context = start_tracing
+        return recorder
 
     @pytest_asyncio.fixture(loop_scope="session")
     async def new_context(

@@ -15,6 +15,10 @@ if [ -z "${THROUGHLINE_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
    && ! command -v chromium-browser >/dev/null 2>&1; then
   need+=(chromium)
 fi
+# Headless runs use Chromium's old headless shell when it is there (playwright.config.py).
+if [ -z "${THROUGHLINE_CHROMIUM:-}" ] && ! command -v chromium-headless-shell >/dev/null 2>&1; then
+  need+=(chromium-headless-shell)
+fi
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || [ -n "${THROUGHLINE_PG_BIN:-}" ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

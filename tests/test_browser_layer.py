@@ -143,6 +143,40 @@ def test_should_attach_screenshot_trace_and_failed_step_to_a_failing_journey(
     assert SIGNATURE not in (pytester.path / "junit.xml").read_text()
 
 
+ANIMATED_PAGE = """
+async def test_animated(page):
+    await page.set_content(
+        "<style>@keyframes s {to {transform: rotate(360deg)}} i {display:block;width:40px;height:40px;"
+        "background:red;animation:s .2s linear infinite}</style><i></i><button>go</button>"
+    )
+    await page.click("button")
+    await page.wait_for_timeout(600)  # frames to film: the test is about the trace's filmstrip
+"""
+
+
+def _trace_events(pytester: pytest.Pytester) -> str:
+    trace_dir = next((pytester.path / "reports" / "artifacts").glob("*test-animated*"))
+    with zipfile.ZipFile(trace_dir / "trace.zip") as trace:
+        return "".join(trace.read(n).decode() for n in trace.namelist() if n.endswith(".trace"))
+
+
+@pytest.mark.parametrize("filmstrip", [False, True], ids=["default", "TRACE_SCREENSHOTS"])
+def test_should_keep_dom_snapshots_in_traces_and_film_only_when_asked(
+    pytester: pytest.Pytester, chromium_env: str, monkeypatch: pytest.MonkeyPatch, filmstrip: bool
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_animated=ANIMATED_PAGE)
+    if filmstrip:
+        monkeypatch.setenv("THROUGHLINE_TRACE_SCREENSHOTS", "1")
+    result = pytester.runpytest_subprocess(
+        "-p", "harness.plugin_browser", "--tracing", "on", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1)
+    events = _trace_events(pytester)
+    assert '"type":"frame-snapshot"' in events, "the trace lost its DOM snapshots"
+    assert ('"type":"screencast-frame"' in events) is filmstrip
+
+
 def test_should_use_the_configured_chromium_and_fail_clearly_when_it_is_missing(tmp_path: Path) -> None:
     if SYSTEM_CHROMIUM is None:
         pytest.skip("no system Chromium installed")
@@ -163,6 +197,25 @@ def test_should_use_the_configured_chromium_and_fail_clearly_when_it_is_missing(
     message = str(failure.value)
     assert str(tmp_path / "a") in message and "bundled" in message
     assert "THROUGHLINE_CHROMIUM" in message and "apt-get install chromium" in message
+
+
+def test_should_prefer_the_headless_shell_when_headless_and_full_chromium_when_headed(tmp_path: Path) -> None:
+    shell, full = tmp_path / "chromium-headless-shell", tmp_path / "chromium"
+    for exe in (shell, full):
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    both = {
+        "headless_shell_candidates": (str(tmp_path / "gone"), str(shell)),
+        "chromium_candidates": (str(full),),
+    }
+    assert resolve_chromium_executable(BrowserSettings(**both), bundled=None) == (
+        str(shell),
+        f"system headless shell ({shell})",
+    )
+    headed = BrowserSettings(headed=True, **both)
+    assert resolve_chromium_executable(headed, bundled=None) == (str(full), f"system Chromium ({full})")
+    shell.unlink()
+    assert resolve_chromium_executable(BrowserSettings(**both), bundled=None)[0] == str(full)
 
 
 def test_should_report_a_missing_chromium_as_a_setup_error(

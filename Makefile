@@ -9,7 +9,9 @@ HEADED  ?=
 TARGET  ?=
 JOURNEYS ?= journeys
 PYTEST_ARGS ?=
-E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),)
+COVERAGE ?=
+E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),) \
+	$(if $(filter-out 0,$(COVERAGE)),--platform-coverage,)
 
 .PHONY: bootstrap test e2e durations prove lint typecheck bench stack-up stack-down clean doctor
 
@@ -28,6 +30,7 @@ test: bootstrap lint
 # Each run writes under $(REPORTS)/runs/<id>/ (report.html, junit.xml, results.json, artifacts/);
 # $(REPORTS)/latest points at the newest. WORKERS=N runs N workers, each with its own stack;
 # SHARD=i/n runs one shard of n, balanced by targets/<name>/durations.json (docs/parallel.md).
+# COVERAGE=1 runs the platform's Python services under coverage.py (docs/platform-coverage.md).
 e2e: bootstrap
 	@mkdir -p $(REPORTS)
 	$(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS) $(E2E_FLAGS) \

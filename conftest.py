@@ -3,6 +3,7 @@
 # plugin_parallel first: the others import from it, and pytest rewrites a plugin only if it imports it first.
 pytest_plugins = [
     "harness.plugin_parallel",
+    "harness.plugin_coverage",
     "harness.plugin",
     "harness.plugin_browser",
     "harness.plugin_target",

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from harness import platform_coverage
 from harness import prove as prove_mod
 from harness.declaration import DeclarationError
 from harness.merge import merge_runs
@@ -19,6 +20,7 @@ from harness.plugin_parallel import ParallelError, durations_path, load_duration
 from harness.process import ServiceStartError
 from harness.results import ResultsError, RunResults, durations_of, find_results
 from harness.stack import (
+    PROJECT,
     Stack,
     declaration_of,
     export_env,
@@ -245,6 +247,18 @@ def _run_input_error(args: argparse.Namespace, target: Target) -> str | None:
     return None
 
 
+def _platform_coverage_error(target: Target) -> str | None:
+    """Why --platform-coverage cannot measure this target, in one line; None when it can."""
+    declaration = declaration_of(target)
+    if declaration is None:
+        return f"--platform-coverage: target '{target.name}' runs elsewhere; only a stack the harness starts can be measured"
+    try:
+        platform_coverage.check_declaration(declaration, {"python": sys.executable, "project": str(PROJECT)})
+    except platform_coverage.PlatformCoverageError as exc:
+        return str(exc)
+    return None
+
+
 def _has_path(extra: list[str]) -> bool:
     """True when the pytest arguments already name what to run (a file, folder or node id)."""
     return any(not a.startswith("-") and Path(a.split("::", 1)[0]).exists() for a in extra)
@@ -255,6 +269,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if target is None:
         return 2
     error = _run_input_error(args, target)
+    if error is None and args.platform_coverage:
+        error = _platform_coverage_error(target)
     if error is not None:
         print(f"throughline: {error}", file=sys.stderr)
         return 2
@@ -273,6 +289,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         argv += ["--shard", args.shard]
     if args.reports:
         argv += ["--reports", args.reports]
+    if args.platform_coverage:
+        argv.append("--platform-coverage")
     argv += extra
     return subprocess.call(argv)
 
@@ -350,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         default="reports",
         help="the run's report, JUnit, results and artifacts go to DIR/runs/<id>/; DIR/latest points "
         "at it (default: reports; '' for pytest's own options)",
+    )
+    run.add_argument(
+        "--platform-coverage",
+        action="store_true",
+        help="run the platform's Python services under coverage.py; per-service figures in the report "
+        "(docs/platform-coverage.md)",
     )
     report_cmd = sub.add_parser("report", help="release reports from results")
     report_sub = report_cmd.add_subparsers(dest="action", required=True)

@@ -40,7 +40,8 @@ GLOBAL_NAMES = ("run_dir", "python", "project", "target_dir", "source_root")
 _RESERVED = {"port", "ports", "secret", "knob", *GLOBAL_NAMES}
 _TOP_FIELDS = ("knob_prefix", "knobs", "secrets", "env", "exports", "services")
 _COMMON_FIELDS = ("ready", "timeout", "depends_on", "restartable", "env", "hint")
-_COMMAND_FIELDS = ("command", "cwd", "url", "ports", "stand_in", *_COMMON_FIELDS)
+_COMMAND_FIELDS = ("command", "cwd", "url", "ports", "stand_in", "coverage", *_COMMON_FIELDS)
+_PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -111,6 +112,9 @@ class ServiceDecl:
     stand_in: str = ""
     hint: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The packages `--platform-coverage` measures in this service (harness/platform_coverage.py);
+    # empty: the module of `python -m <module>`, if the command is that.
+    coverage: tuple[str, ...] = ()
 
     @property
     def kind(self) -> Literal["store", "stand-in", "app"]:
@@ -402,6 +406,13 @@ class _Loader:
                 options = block.check_options({k: raw[k] for k in block.options if k in raw})
             except OptionError as exc:
                 raise self.fail(f"{where}.{exc.option}", exc.problem) from None
+        coverage = self.strings(raw.get("coverage", []), f"{where}.coverage")
+        for package in coverage:
+            if not _PACKAGE_NAME.match(package):
+                raise self.fail(
+                    f"{where}.coverage",
+                    f"{package!r}: expected importable package names, e.g. 'stack.backend'",
+                )
         return ServiceDecl(
             name=name,
             block=block,
@@ -417,6 +428,7 @@ class _Loader:
             stand_in=self.string(raw["stand_in"], f"{where}.stand_in") if "stand_in" in raw else "",
             hint=self.string(raw["hint"], f"{where}.hint") if "hint" in raw else "",
             options=options,
+            coverage=coverage,
         )
 
     def load_ready(self, raw: Any, where: str, block: Block | None) -> ReadySpec:

@@ -4,7 +4,8 @@ Each input is a run folder (what `--reports` writes: results.json, junit.xml, re
 folder holding several. Everything is checked before anything is written: one target, one
 commit, every test run once, a JUnit beside every results file. Then OUT gets report.html
 (harness/report.py `results_html`: the same release summary as a single run's), junit.xml (every
-input's test cases, each with the shard that ran it) and results.json.
+input's test cases, each with the shard that ran it) and results.json. Runs measured with
+--platform-coverage have their coverage data combined again into OUT/coverage/.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import report
+from harness import platform_coverage, report
 from harness.results import RESULTS_FILE, ResultsError, RunResults, find_results, merge
 from harness.target import TargetError, load_target
 
@@ -79,6 +80,12 @@ def merge_runs(inputs: list[Path], out: Path) -> Merged:
         target = load_target(results.target)
     except TargetError:
         target = None  # merged elsewhere than the checkout that ran it: the summary still stands
+    measured = [path.parent / "coverage" for path, run in runs if run.platform_coverage]
+    if measured:
+        # Each shard's per-service data, combined again: the figures of the whole suite, not an average.
+        results.platform_coverage = platform_coverage.merge_dirs(
+            [d for d in measured if d.is_dir()], out / "coverage"
+        )
     document = report.results_html(results, target)
     tree = merged_junit(cases, f"throughline {results.target}")
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import pytest
 from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
 from harness.capabilities import NotApplicable, mark_not_applicable, not_applicable_reason
 from harness.declaration import DeclarationError
+from harness.plugin_coverage import coverage_dir_of
 from harness.plugin_parallel import note_worker_stack
 from harness.stack import ServiceNotControllable, Stack, declaration_of, parse_only
 from harness.target import Target, TargetError, load_target
@@ -105,7 +106,10 @@ def stack_services(pytestconfig: pytest.Config, target: Target) -> tuple[str, ..
 def stack(pytestconfig: pytest.Config, target: Target, stack_services: tuple[str, ...]) -> Iterator[Stack]:
     """The running platform of the target (started here from its services.toml; or external, from its variables)."""
     world = Stack.for_target(
-        target, only=stack_services or None, keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir"))
+        target,
+        only=stack_services or None,
+        keep_run_dir=bool(pytestconfig.getoption("--keep-run-dir")),
+        coverage_dir=coverage_dir_of(pytestconfig),
     )
     world.start()
     note_worker_stack(pytestconfig, world.run_dir)

@@ -440,6 +440,7 @@ def summary_html(results: RunResults, target: Target | None, detection: str | No
         parts.append(_not_applicable_html(results, target))
         parts.append(_defects_html(results, target))
     parts.append(_detection_html(detection))
+    parts.append(platform_coverage_html(results.platform_coverage))
     parts.append(_environment_html(results))
     parts.append("</div>")
     return "".join(parts)
@@ -528,6 +529,52 @@ def real_vs_stand_in(environment: dict[str, Any]) -> tuple[list[str], list[str]]
                 name if str(kind).lower() == "real" else f"{name} ({kind})"
             )
     return real, stand_ins
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def platform_coverage_html(figures: dict[str, Any] | None) -> str:
+    """Coverage of the platform under test (--platform-coverage): per service, per file, never entered."""
+    if not figures:
+        return ""
+    total = figures["total"]
+    parts = [
+        '<h3 id="tl-platform-coverage">Platform coverage</h3>',
+        f"<p>The platform's own Python code the journeys ran, measured by coverage.py in every service "
+        f"process: lines {_pct(total['line_percent'])}, branches {_pct(total['branch_percent'])} in all "
+        "(the framework and the stand-ins are not counted; docs/platform-coverage.md).</p>",
+        '<table class="tl-table"><tr><th>Service</th><th>Lines</th><th>Lines covered</th><th>Branches</th>'
+        "<th>Branches covered</th><th>Files</th><th>Never entered</th></tr>",
+    ]
+    services = figures["services"]
+    for name, svc in services.items():
+        parts.append(
+            f"<tr><td>{esc(name)}</td><td>{_pct(svc['line_percent'])}</td>"
+            f"<td>{svc['lines_covered']}/{svc['lines_total']}</td><td>{_pct(svc['branch_percent'])}</td>"
+            f"<td>{svc['branches_covered']}/{svc['branches_total']}</td><td>{len(svc['files'])}</td>"
+            f"<td>{len(svc['never_entered'])}</td></tr>"
+        )
+    parts.append("</table>")
+    for name, svc in services.items():
+        parts.append(
+            f"<details class='tl-coverage-files'><summary>{esc(name)}: {len(svc['files'])} files</summary>"
+            "<table class='tl-table'><tr><th>File</th><th>Lines</th><th>Branches</th><th>Statements</th>"
+            "<th>Missing</th></tr>"
+        )
+        for f in svc["files"]:
+            parts.append(
+                f"<tr><td>{esc(f['path'])}</td><td>{_pct(f['line_percent'])}</td>"
+                f"<td>{_pct(f['branch_percent'])}</td><td>{f['lines_total']}</td><td>{f['missing']}</td></tr>"
+            )
+        parts.append("</table></details>")
+        never = svc["never_entered"]
+        parts.append(
+            f"<p>{esc(name)}: files the journeys never entered: "
+            f"{esc(', '.join(never)) if never else 'none'}.</p>"
+        )
+    return "".join(parts)
 
 
 def _environment_html(results: RunResults) -> str:

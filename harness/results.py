@@ -143,6 +143,8 @@ class RunResults:
     worker_environments: dict[str, dict[str, Any]] = field(default_factory=dict)
     tests: dict[str, TestRecord] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)  # the result files a merged run came from
+    # --platform-coverage: per service and in total (harness/platform_coverage.py summarize()); None: not measured
+    platform_coverage: dict[str, Any] | None = None
     format: str = RESULTS_FORMAT
 
     @property

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from harness import platform_coverage
 from harness.declaration import (
     GLOBAL_NAMES,
     Declaration,
@@ -197,6 +198,10 @@ class Stack:
     # Where the platform's own code is imported from ({source_root}); None: THROUGHLINE_SOURCE_ROOT,
     # else the project. `throughline prove` points it at a scratch copy with one drill applied.
     source_root: Path | None = None
+    # --platform-coverage: every Python app service runs under coverage.py, its data in
+    # <coverage_dir>/<service>/ (harness/platform_coverage.py); None: not measured.
+    coverage_dir: Path | None = None
+    unmeasured: dict[str, str] = field(default_factory=dict)  # app service -> why it is not measured
     _owns_run_dir: bool = False
     _prepared: bool = field(default=False, repr=False)
     _selected: tuple[str, ...] = field(default=(), repr=False)
@@ -232,6 +237,7 @@ class Stack:
         run_dir: Path | None = None,
         keep_run_dir: bool = False,
         die_with_parent: bool = True,
+        coverage_dir: Path | None = None,
     ) -> Stack:
         """The stack of `target`: started from its services file, or external (addresses from the environment)."""
         if target.is_external:
@@ -242,6 +248,7 @@ class Stack:
             run_dir=run_dir,
             keep_run_dir=keep_run_dir,
             die_with_parent=die_with_parent,
+            coverage_dir=coverage_dir,
         )
 
     @classmethod
@@ -430,7 +437,26 @@ class Stack:
             env = {**env, **{var: self._render(text, name) for var, text in svc.env.items()}}
         # Shared, not copied, when there is nothing to add: a restart sees later platform_env changes.
         spec.env = env
+        if self.coverage_dir is not None and svc.kind == "app":
+            spec.argv = self._measured(svc, spec)
         return spec
+
+    def _measured(self, svc: ServiceDecl, spec: ProcessSpec) -> list[str]:
+        """The service's argv under coverage.py, writing into its coverage folder; as is if it cannot be."""
+        assert self.coverage_dir is not None
+        argv = list(spec.argv)
+        packages = platform_coverage.measured_packages(svc)
+        python = platform_coverage.interpreter_of(argv[0])
+        if not packages or python is None:
+            self.unmeasured[svc.name] = (
+                f"not a Python program: {argv[0]}"
+                if python is None
+                else "no packages (declare `coverage = [...]`)"
+            )
+            return argv
+        folders = platform_coverage.package_folders(python, packages, spec.cwd or self._decl.folder, spec.env)
+        rcfile = platform_coverage.write_rcfile(self.coverage_dir / svc.name, packages, folders)
+        return platform_coverage.wrap_command(argv, rcfile) or argv
 
     def _ready_check(self, svc: ServiceDecl, kind: str, value: str) -> ReadyCheck:
         if kind == "http":

@@ -13,7 +13,16 @@ VENV="${OWUI_VENV:-$CACHE/venvs/open-webui-$OWUI_VERSION}"
 LINK=".venv-targets/open-webui"
 LOG="$CACHE/venvs/open-webui-$OWUI_VERSION-install.log"
 NEED_MB=4000
+# --platform-coverage runs the service under coverage.py (docs/platform-coverage.md): it must be in
+# this venv too. Its data files are combined by the project's coverage.py: same major version.
+COVERAGE_SPEC="${COVERAGE_SPEC:-coverage>=7.10,<8}"
 say() { printf 'open-webui bootstrap: %s\n' "$*"; }
+
+with_coverage() {
+  "$VENV/bin/python" -c 'import coverage' 2>/dev/null && return 0
+  mkdir -p "$(dirname "$LOG")"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$COVERAGE_SPEC" >>"$LOG" 2>&1
+}
 
 link() {
   mkdir -p "$(dirname "$LINK")"
@@ -26,6 +35,7 @@ link() {
 stamp="$VENV/.installed"
 want="open-webui==$OWUI_VERSION torch==$TORCH_VERSION"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/open-webui" ]; then
+  with_coverage
   link
   exit 0
 fi
@@ -52,6 +62,7 @@ say "installing torch==$TORCH_VERSION (CPU) then open-webui==$OWUI_VERSION into 
 python3 -m venv "$VENV" >>"$LOG" 2>&1
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" >>"$LOG" 2>&1
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "open-webui==$OWUI_VERSION" >>"$LOG" 2>&1
+with_coverage
 "$VENV/bin/python" -m pip check >>"$LOG" 2>&1
 echo "$want" > "$stamp"
 link

@@ -18,6 +18,7 @@ from harness.merge import merge_runs
 from harness.plugin_parallel import ParallelError, durations_path, load_durations, parse_shard, parse_workers
 from harness.process import ServiceStartError
 from harness.results import ResultsError, RunResults, durations_of, find_results
+from harness.rundirs import sweep_stale
 from harness.stack import (
     Stack,
     declaration_of,
@@ -375,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "prove" or (args.command == "stack" and args.action == "up"):
+        sweep_stale(say=print)  # `run` starts pytest, whose plugin sweeps
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command == "prove":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
 from harness.capabilities import NotApplicable, mark_not_applicable, not_applicable_reason
 from harness.declaration import DeclarationError
 from harness.plugin_parallel import note_worker_stack
+from harness.rundirs import sweep_stale
 from harness.stack import ServiceNotControllable, Stack, declaration_of, parse_only
 from harness.target import Target, TargetError, load_target
 
@@ -53,6 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except (TargetError, DeclarationError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[TARGET_KEY] = target
+    if not hasattr(config, "workerinput"):  # the controller sweeps; its xdist workers are live owners
+        sweep_stale(say=_say)
 
     # SIGTERM (CI cancelling a job) becomes an interrupt, so session fixtures tear the stack down.
     def on_term(signum: int, frame: object) -> None:
@@ -63,6 +67,16 @@ def pytest_configure(config: pytest.Config) -> None:
             signal.signal(signal.SIGTERM, on_term)
         except ValueError:  # not the main thread (pytester in-process)
             pass
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the workers are gone: remove the run dirs a dead worker (or this run) left behind."""
+    if not hasattr(config, "workerinput"):
+        sweep_stale(say=_say)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

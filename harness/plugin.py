@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from db_probes import ClickHouseProbe, PostgresProbe, ProbeRecord, RedisProbe
 from harness.capabilities import NotApplicable, mark_not_applicable, not_applicable_reason
 from harness.declaration import DeclarationError
 from harness.plugin_parallel import note_worker_stack
+from harness.redact import redact, redact_file
 from harness.rundirs import sweep_stale
 from harness.stack import ServiceNotControllable, Stack, declaration_of, parse_only
 from harness.target import Target, TargetError, load_target
@@ -48,6 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after the terminal reporter exists
 def pytest_configure(config: pytest.Config) -> None:
     try:
         target = load_target(config.getoption("--target", None))
@@ -57,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TARGET_KEY] = target
     if not hasattr(config, "workerinput"):  # the controller sweeps; its xdist workers are live owners
         sweep_stale(say=_say)
+    redact_terminal(config)
 
     # SIGTERM (CI cancelling a job) becomes an interrupt, so session fixtures tear the stack down.
     def on_term(signum: int, frame: object) -> None:
@@ -69,10 +73,31 @@ def pytest_configure(config: pytest.Config) -> None:
             pass
 
 
+def redact_terminal(config: pytest.Config) -> None:
+    """Every text pytest writes to the terminal goes through harness.redact, once, here."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    writer = getattr(reporter, "_tw", None)
+    if writer is None or getattr(writer, "_throughline_redacts", False):
+        return
+    write = writer.write
+
+    def redacted_write(msg: str, *, flush: bool = False, **markup: bool) -> None:
+        write(redact(msg), flush=flush, **markup)
+
+    writer.write = redacted_write  # type: ignore[method-assign]
+    writer._throughline_redacts = True  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """After the workers are gone: remove the run dirs a dead worker (or this run) left behind."""
-    if not hasattr(config, "workerinput"):
-        sweep_stale(say=_say)
+    """The run's output files redacted once, as written; then the run dirs dead owners left behind."""
+    if hasattr(config, "workerinput"):
+        return
+    for option in ("xmlpath", "htmlpath"):
+        path = getattr(config.option, option, None)
+        if path:
+            redact_file(Path(path))
+    sweep_stale(say=_say)  # after the workers are gone: a dead worker's (or this run's) leftovers
 
 
 def _say(line: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 
 from harness import prove as prove_mod
+from harness.browser import headed_display_error
 from harness.declaration import DeclarationError
 from harness.merge import merge_runs
 from harness.plugin_parallel import ParallelError, durations_path, load_durations, parse_shard, parse_workers
@@ -258,6 +260,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     error = _run_input_error(args, target)
     if error is not None:
         print(f"throughline: {error}", file=sys.stderr)
+        return 2
+    no_display = headed_display_error(args.headed, os.environ.get("THROUGHLINE_BROWSER_WS"))
+    if no_display is not None:
+        print(f"throughline: {no_display}", file=sys.stderr)
         return 2
     argv = [sys.executable, "-m", "pytest"] + ([] if _has_path(extra) else ["journeys"])
     if args.target:

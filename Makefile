@@ -12,8 +12,12 @@ PYTEST_ARGS ?=
 COVERAGE ?=
 E2E_FLAGS := $(if $(HEADED),--headed --slowmo $(or $(SLOWMO),250),) $(if $(TARGET),--target $(TARGET),) \
 	$(if $(filter-out 0,$(COVERAGE)),--platform-coverage,)
+# HEADED=1 without a display: under xvfb-run when it is installed (apt-get install xvfb); else
+# the harness says in one line that no display was found.
+XVFB := $(if $(HEADED),$(if $(or $(DISPLAY),$(WAYLAND_DISPLAY)),,$(shell command -v xvfb-run 2>/dev/null)),)
+XVFB_RUN := $(if $(XVFB),$(XVFB) -a,)
 
-.PHONY: bootstrap test e2e durations prove lint typecheck bench stack-up stack-down clean doctor
+.PHONY: bootstrap test e2e durations prove lint typecheck bench soak stack-up stack-down clean doctor
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -33,13 +37,13 @@ test: bootstrap lint
 # COVERAGE=1 runs the platform's Python services under coverage.py (docs/platform-coverage.md).
 e2e: bootstrap
 	@mkdir -p $(REPORTS)
-	$(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS) $(E2E_FLAGS) \
+	$(XVFB_RUN) $(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS) $(E2E_FLAGS) \
 		$(if $(WORKERS),--workers $(WORKERS),) $(if $(SHARD),--shard $(SHARD),) $(PYTEST_ARGS)
 
 # Record the journeys' durations for SHARD= (one serial run, then its results).
 durations: bootstrap
 	@mkdir -p $(REPORTS)
-	$(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS)/durations $(E2E_FLAGS) $(PYTEST_ARGS)
+	$(XVFB_RUN) $(PY) -m harness.cli run $(JOURNEYS) --reports $(REPORTS)/durations $(E2E_FLAGS) $(PYTEST_ARGS)
 	$(PY) -m harness.cli durations $(REPORTS)/durations/latest $(if $(TARGET),--target $(TARGET),)
 
 # Break the platform on purpose, drill by drill (targets/<name>/drills.toml; docs/prove.md).
@@ -57,6 +61,10 @@ bench: bootstrap
 	$(PY) scripts/bench_start.py --only all
 	$(PY) scripts/bench_chat.py
 	$(PY) scripts/bench_journeys.py --runs 3
+
+# 50 users chat for 2 minutes through the real socket: p50/p95, errors, lost messages, exact usage.
+soak: bootstrap
+	$(PY) scripts/bench_chat.py --soak 120 --soak-users 50
 
 doctor: bootstrap
 	.venv/bin/throughline doctor

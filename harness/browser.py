@@ -52,6 +52,20 @@ _BUILTIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+NO_DISPLAY = (
+    "no display was found for a headed browser (DISPLAY and WAYLAND_DISPLAY are unset): run it under "
+    "xvfb-run (the package xvfb), e.g. `xvfb-run -a make e2e HEADED=1`, or run headless and open the "
+    "trace instead (`playwright show-trace reports/artifacts/<test>/trace.zip`)"
+)
+
+
+def headed_display_error(headed: bool, browser_ws: str | None = None) -> str | None:
+    """The one line to print when a headed browser cannot open a window here; None when it can."""
+    if not headed or browser_ws or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return NO_DISPLAY
+
+
 class BrowserSettingsError(ValueError):
     """A browser setting has a value Throughline cannot use."""
 

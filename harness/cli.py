@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from harness import platform_coverage
 from harness import prove as prove_mod
+from harness.browser import headed_display_error
 from harness.declaration import DeclarationError
 from harness.merge import merge_runs
 from harness.plugin_parallel import ParallelError, durations_path, load_durations, parse_shard, parse_workers
 from harness.process import ServiceStartError
 from harness.results import ResultsError, RunResults, durations_of, find_results
+from harness.rundirs import sweep_stale
 from harness.stack import (
     PROJECT,
     Stack,
@@ -274,6 +277,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if error is not None:
         print(f"throughline: {error}", file=sys.stderr)
         return 2
+    no_display = headed_display_error(args.headed, os.environ.get("THROUGHLINE_BROWSER_WS"))
+    if no_display is not None:
+        print(f"throughline: {no_display}", file=sys.stderr)
+        return 2
     argv = [sys.executable, "-m", "pytest"] + ([] if _has_path(extra) else ["journeys"])
     if args.target:
         argv += ["--target", args.target]
@@ -399,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "prove" or (args.command == "stack" and args.action == "up"):
+        sweep_stale(say=print)  # `run` starts pytest, whose plugin sweeps
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command == "prove":

@@ -30,13 +30,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.rundirs import make_run_dir, remove_run_dir
 from harness.target import declared_name
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -287,7 +287,7 @@ def apply_drill(drills: DrillSet, drill: Drill, root: Path) -> None:
 def scratch_copy(drills: DrillSet, drill: Drill | None = None, parent: Path | None = None) -> Iterator[Path]:
     """A throw-away copy of the platform's code (with `drill` applied); yields the copy's root."""
     top = drills.original_root() / drills.top
-    root = Path(tempfile.mkdtemp(prefix="throughline-drill-", dir=parent))
+    root = make_run_dir(prefix="throughline-drill-", parent=parent)
     linked = {(drills.original_root() / x).resolve() for x in drills.link}
 
     def ignore(folder: str, names: list[str]) -> set[str]:
@@ -310,7 +310,7 @@ def scratch_copy(drills: DrillSet, drill: Drill | None = None, parent: Path | No
             apply_drill(drills, drill, root)
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_run_dir(root)
 
 
 def source_root_env(root: Path) -> dict[str, str]:

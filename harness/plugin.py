@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,8 @@ from harness.capabilities import NotApplicable, mark_not_applicable, not_applica
 from harness.declaration import DeclarationError
 from harness.plugin_coverage import coverage_dir_of
 from harness.plugin_parallel import note_worker_stack
+from harness.redact import redact, redact_file
+from harness.rundirs import sweep_stale
 from harness.stack import ServiceNotControllable, Stack, declaration_of, parse_only
 from harness.target import Target, TargetError, load_target
 
@@ -47,6 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after the terminal reporter exists
 def pytest_configure(config: pytest.Config) -> None:
     try:
         target = load_target(config.getoption("--target", None))
@@ -54,6 +59,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except (TargetError, DeclarationError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[TARGET_KEY] = target
+    if not hasattr(config, "workerinput"):  # the controller sweeps; its xdist workers are live owners
+        sweep_stale(say=_say)
+    redact_terminal(config)
 
     # SIGTERM (CI cancelling a job) becomes an interrupt, so session fixtures tear the stack down.
     def on_term(signum: int, frame: object) -> None:
@@ -64,6 +72,37 @@ def pytest_configure(config: pytest.Config) -> None:
             signal.signal(signal.SIGTERM, on_term)
         except ValueError:  # not the main thread (pytester in-process)
             pass
+
+
+def redact_terminal(config: pytest.Config) -> None:
+    """Every text pytest writes to the terminal goes through harness.redact, once, here."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    writer = getattr(reporter, "_tw", None)
+    if writer is None or getattr(writer, "_throughline_redacts", False):
+        return
+    write = writer.write
+
+    def redacted_write(msg: str, *, flush: bool = False, **markup: bool) -> None:
+        write(redact(msg), flush=flush, **markup)
+
+    writer.write = redacted_write  # type: ignore[method-assign]
+    writer._throughline_redacts = True  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's output files redacted once, as written; then the run dirs dead owners left behind."""
+    if hasattr(config, "workerinput"):
+        return
+    for option in ("xmlpath", "htmlpath"):
+        path = getattr(config.option, option, None)
+        if path:
+            redact_file(Path(path))
+    sweep_stale(say=_say)  # after the workers are gone: a dead worker's (or this run's) leftovers
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

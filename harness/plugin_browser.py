@@ -29,6 +29,7 @@ from harness import report, results
 from harness.browser import (
     BrowserSettings,
     BrowserSettingsError,
+    headed_display_error,
     launch_options_header,
     load_settings,
     resolve_chromium_executable,
@@ -109,6 +110,9 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = load_settings(config)
     except BrowserSettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
+    no_display = headed_display_error(settings.headed, settings.browser_ws)
+    if no_display is not None:  # before anything starts, instead of Playwright's 60-line error
+        raise pytest.UsageError(no_display)
     config.stash[SETTINGS_KEY] = settings
     # pytest-playwright-asyncio reads its options from config.option: give it the effective values.
     for dest, value in (

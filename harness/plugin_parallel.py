@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from typing import Any
 import pytest
 
 from harness.process import tail
-from harness.redact import redact
 from harness.results import RESULTS_FILE, git_commit
+from harness.rundirs import remove_run_dir
 from harness.target import TargetError, load_target
 
 SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -254,9 +253,9 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     else:
         stack_dir = Path(info["stack_run_dir"])
         for log in sorted((stack_dir / "logs").glob("*.log")):
-            report.sections.append((f"Service log: {log.stem} ({worker})", redact(tail(log, 40))))
+            report.sections.append((f"Service log: {log.stem} ({worker})", tail(log, 40)))  # outputs redact
         lines.append(f"its stack ({stack_dir}): service log tails below; removed now")
-        shutil.rmtree(stack_dir, ignore_errors=True)
+        remove_run_dir(stack_dir)
     report.longrepr = "\n".join(lines)
     report.sections.insert(0, ("Failed step", lines[0]))
 

@@ -37,7 +37,6 @@ from harness.drills import DrillError, drill_owners, load_target_drills
 from harness.journey import NEEDS_MARKER_HELP, JourneyMarkerError, journey_info, needs_of
 from harness.plugin import selected_target
 from harness.plugin_browser import EVIDENCE_KEY
-from harness.redact import redact
 from harness.results import REGISTERED_DEFECT_ATTR
 from harness.steps import StepLog, current_step_log
 from harness.target import Defect, Target, target_folders
@@ -242,7 +241,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_sep("-", f"not applicable on {target.title}")
         for rep in not_applicable:
             terminalreporter.write_line(
-                f"NOT APPLICABLE {rep.nodeid} - {redact(not_applicable_reason_of(rep) or '')}"
+                f"NOT APPLICABLE {rep.nodeid} - {not_applicable_reason_of(rep) or ''}"
             )
     if not target.defects:
         return
@@ -255,6 +254,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 statuses.setdefault(status[0], []).append(f"{rep.nodeid}: {text}")
     terminalreporter.write_sep("-", f"known defects of {target.title}")
     for defect in target.defects:
-        terminalreporter.write_line(f"{defect.id} {redact(defect.summary)}")
+        terminalreporter.write_line(f"{defect.id} {defect.summary}")
         for line in statuses.get(defect.id) or [f"{defect.test}: not run"]:
             terminalreporter.write_line(f"  {line}")

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shlex
-import shutil
 import signal
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from harness.process import (
     tail,
     tcp_ready,
 )
+from harness.rundirs import PREFIX, mark_owner, remove_run_dir
 from harness.services.blocks import BlockRun
 from harness.target import DEFAULT_TARGET, PROJECT_TARGETS, Target, load_target
 
@@ -284,7 +284,10 @@ class Stack:
         if self.source_root is None and os.environ.get(SOURCE_ROOT_ENV):
             self.source_root = Path(os.environ[SOURCE_ROOT_ENV]).resolve()
         if self.run_dir is None:
-            self.run_dir = Path(tempfile.mkdtemp(prefix="throughline-"))
+            # A kept dir (--keep-run-dir, a detached stack) carries no owner marker: no sweep takes it.
+            self.run_dir = Path(tempfile.mkdtemp(prefix=PREFIX))
+            if not self.keep_run_dir:
+                mark_owner(self.run_dir)
             self._owns_run_dir = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)  # an unprivileged store user (postgres) must reach its data dir
@@ -505,7 +508,7 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.services[name].process.stop()
         if self._owns_run_dir and not self.keep_run_dir and self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            remove_run_dir(self.run_dir)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -656,7 +659,7 @@ def stop_detached(state: dict[str, object], timeout: float = 10.0) -> list[str]:
             os.killpg(pid, signal.SIGKILL)
             killed.append(name)
     if state.get("owns_run_dir") and state.get("run_dir"):
-        shutil.rmtree(str(state["run_dir"]), ignore_errors=True)
+        remove_run_dir(Path(str(state["run_dir"])))
     return killed
 
 

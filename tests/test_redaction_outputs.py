@@ -1,0 +1,168 @@
+"""Redaction once, at the outputs: secrets planted in every channel, searched for in every output.
+
+A real pytest run (pytester, real Chromium, a real loopback WebSocket server) of a journey-like
+test that puts known secrets into a WebSocket frame, a probe value (report.record_data), a step
+name, an assertion message and a service log shown in the report. Then report.html, junit.xml,
+results.json and the terminal are searched for each secret: none may be found.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.redact import REDACTED, redact, redact_value
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ROOT / "tests" / "toy_target"
+SECRETS = {
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.UExBTlRFRC1qd3Qtc2lnbmF0dXJl",
+    "refresh": "rt-PLANTEDopaqueRefresh9f8e7d6c",
+    "password": "PLANTED-hunter2-Passw0rd",
+    "api_key": "sk-PLANTEDapikey0123456789",
+    "oauth_code": "PLANTEDoauthCodeSplxlOBeZQQ",
+    "oauth_state": "PLANTEDoauthStateAf0ifjsldkj",
+    "cookie": "PLANTEDcookieSessionValue42",
+    "basic": "UExBTlRFRDpiYXNpYy1jcmVkcw",
+}
+SIGNATURE = SECRETS["jwt"].rsplit(".", 1)[1]
+INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = session
+asyncio_default_test_loop_scope = session
+addopts = -ra --strict-markers -p no:cacheprovider
+"""
+CONFTEST = 'pytest_plugins = ["harness.plugin_parallel", "harness.plugin", "harness.plugin_browser", "harness.plugin_target"]\n'
+JOURNEY = """
+import json
+import os
+
+from websockets.asyncio.server import serve
+
+from harness import report
+from harness.journey import journey
+from harness.steps import step
+
+S = json.loads(os.environ["PLANTED"])
+
+report.register_log_tail_provider(lambda: {"backend": (
+    "POST /auth/refresh 200\\n"
+    f"Cookie: tl_session={S['cookie']}; theme=dark\\n"
+    f"Set-Cookie: tl_refresh={S['refresh']}; Path=/; HttpOnly\\n"
+    f"X-Api-Key: {S['api_key']}\\n"
+    f"Authorization: Basic {S['basic']}\\n"
+    f"login failed for a@example.com password={S['password']}\\n"
+    "worker crashed")})
+
+
+async def _server(conn):
+    async for _message in conn:
+        await conn.send(json.dumps({"type": "welcome", "payload": {"refresh": S["refresh"], "access": S["jwt"]}}))
+
+
+@journey(name="Planted secrets", priority="P0", mrr=1_000, components=["frontend", "websocket"])
+async def test_planted(page, ws_recorder):
+    async with serve(_server, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with step("Open the page"):
+            await page.set_content("<h1>Hello</h1>")
+            await page.evaluate(
+                "([url, s]) => { const ws = new WebSocket(url); ws.onopen = () => ws.send(JSON.stringify("
+                "{type: 'auth', refreshToken: s.refresh, apiKey: s.api_key, password: s.password})); }",
+                [url, S],
+            )
+            await ws_recorder.wait_for("welcome")
+        report.record_data(
+            "stored tokens", "SELECT refresh, access FROM sessions",
+            {"Refresh-Token": S["refresh"], "access": S["jwt"], "x-api-key": S["api_key"]},
+        )
+        callback = f"/oauth/callback?code={S['oauth_code']}&state={S['oauth_state']}"
+        async with step(f"Follow the OAuth redirect {callback}"):
+            tokens = {"refresh": S["refresh"], "access": S["jwt"]}
+            assert not tokens, (
+                f"after {callback} the page kept stored tokens {tokens}; "
+                f"Cookie: tl_session={S['cookie']} password: {S['password']}"
+            )
+"""
+
+
+def test_no_planted_secret_reaches_any_output(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith(("THROUGHLINE_", "PYTEST_XDIST"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PLANTED", json.dumps(SECRETS))
+    pytester.makeini(INI)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_journey=JOURNEY)
+
+    result = pytester.runpytest_subprocess(
+        f"--target={TOY}", "--reports", str(pytester.path / "reports"), "--tb=long", "-rA"
+    )
+
+    terminal = result.stdout.str() + result.stderr.str()
+    assert result.ret == 1, terminal
+    run = (pytester.path / "reports" / "latest").resolve()
+    outputs = {
+        "terminal": terminal,
+        "report.html": (run / "report.html").read_text(),
+        "junit.xml": (run / "junit.xml").read_text(),
+        "results.json": (run / "results.json").read_text(),
+    }
+    # The channels really reached the outputs (so "0 found" means redacted, not missing).
+    page = html.unescape(outputs["report.html"])
+    assert "Follow the OAuth redirect" in page and "kept stored tokens" in page, (
+        "the step/assertion is missing"
+    )
+    assert "welcome" in page and "stored tokens" in page and "worker crashed" in page, "a channel is missing"
+    assert "redacted" in page and REDACTED in outputs["junit.xml"] and REDACTED in terminal
+    found = [
+        f"{kind} in {where}"
+        for where, text in outputs.items()
+        for kind, secret in {**SECRETS, "jwt signature": SIGNATURE}.items()
+        for shown in (text, html.unescape(text))
+        if secret in shown
+    ]
+    assert found == [], f"planted secrets reached the outputs: {sorted(set(found))}"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ('{"refresh": "rt-opaque-abcdef"}', "rt-opaque-abcdef"),
+        ("{'refreshToken': 'rt-opaque-abcdef'}", "rt-opaque-abcdef"),
+        ('{"Refresh-Token": "rt-opaque-abcdef"}', "rt-opaque-abcdef"),
+        ("refresh_token = rt-opaque-abcdef", "rt-opaque-abcdef"),
+        ('{"api_key": "sk-123"}', "sk-123"),
+        ('{"apikey": "sk-123"}', "sk-123"),
+        ("X-Api-Key: sk-123", "sk-123"),
+        ("GET /cb?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj12", "SplxlOBeZQQYbYS6WxSbIA"),
+        ("GET /cb?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj12", "af0ifjsldkj12"),
+        ('{"code": "SplxlOBeZQQYbYS6WxSbIA"}', "SplxlOBeZQQYbYS6WxSbIA"),
+        ("GET /cb?code=PLANTEDoauthCodeSplxlOBeZQQ", "PLANTEDoauthCodeSplxlOBeZQQ"),
+        ("Cookie: sid=abc123; csrftoken=def456", "abc123"),
+        ("Set-Cookie: tl_refresh=xyz789; Path=/", "xyz789"),
+        ("password: hunter2", "hunter2"),
+        ("Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+    ],
+)
+def test_should_redact_every_spelling(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+
+
+def test_should_keep_error_codes_and_connection_states_readable() -> None:
+    frame = {"type": "error", "code": "rate_limited", "state": "open", "stateToken": 1}
+    assert redact_value(frame) == frame
+    assert redact('{"type": "error", "code": "rate_limited"}') == '{"type": "error", "code": "rate_limited"}'
+    assert redact_value({"Refresh-Token": "x", "nested": [{"apiKey": "k"}]}) == {
+        "Refresh-Token": REDACTED,
+        "nested": [{"apiKey": REDACTED}],
+    }

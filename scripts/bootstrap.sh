@@ -19,6 +19,8 @@ fi
 if [ -z "${THROUGHLINE_CHROMIUM:-}" ] && ! command -v chromium-headless-shell >/dev/null 2>&1; then
   need+=(chromium-headless-shell)
 fi
+# `make e2e HEADED=1` on a machine without a display runs under xvfb-run.
+command -v xvfb-run >/dev/null 2>&1 || need+=(xvfb)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || [ -n "${THROUGHLINE_PG_BIN:-}" ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

@@ -51,11 +51,17 @@ log = logging.getLogger("stack.backend")
 
 # fullmatch, not match with `$` (which also matches before a final "\n"); [0-9], not \d (which
 # matches any Unicode digit, and int() reads those too): "2026-05\n" is not May 2026
-PERIOD_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+# years 1970..2105 only: what ClickHouse's DateTime can hold (a year 0000 or 9999-12 was a 500)
+YEAR = r"(19[7-9][0-9]|20[0-9]{2}|210[0-5])"
+PERIOD_RE = re.compile(YEAR + r"-(0[1-9]|1[0-2])")
 
 
 # ISO date (YYYY-MM-DD) or datetime; _parse_bound reads it, and 422s a date that does not exist
-BOUND_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+BOUND_PATTERN = (
+    "^"
+    + YEAR
+    + r"-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
 TITLE_MAX = 200
 
 
@@ -68,7 +74,7 @@ class ThreadIn(BaseModel):
 class InvoiceIn(BaseModel):
     """POST /api/billing/invoices: a calendar month, YYYY-MM in ASCII digits."""
 
-    period: Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-05"])]
+    period: Annotated[str, Field(pattern=f"^{PERIOD_RE.pattern}$", examples=["2026-05"])]
 
 
 @dataclass
@@ -210,8 +216,11 @@ def _parse_bound(value: str | None, name: str) -> tuple[datetime | None, bool]:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), time(), UTC), True
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
-    except ValueError:
+        dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        if not 1970 <= dt.astimezone(UTC).year <= 2105:
+            raise ValueError("outside what the usage store holds")
+        return dt, False
+    except (ValueError, OverflowError):
         raise FieldErrors([(name, f"{name} must be an ISO date (YYYY-MM-DD) or datetime")]) from None
 
 

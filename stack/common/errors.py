@@ -35,11 +35,13 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "ERROR_RESPONSES",
+    "NUL_FREE",
     "ErrorOut",
     "FieldErrors",
     "InternalErrorMiddleware",
     "SafeStr",
     "ValidationOut",
+    "error_responses",
     "install_error_answers",
     "install_validation_handler",
     "validation_body",

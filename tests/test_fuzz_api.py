@@ -6,8 +6,8 @@ operation of each schema gets a fixed-seed, bounded run. Every response must not
 have a status its operation declares and a body matching the declared schema, and a refused (4xx)
 request must leave every stored row as it was (a checksum of each table before and after).
 
-Discriminates: answering a store-refused value with a 500 (drop install_error_answers' DataError
-handler and let a NUL through) or a 422 body that is not ValidationOut turns it red.
+Discriminates: the backend before this issue's fix (an invoice period "0000-01" built
+datetime(0, 1, 1): a 500) turned it red; so does any route that answers a status it does not declare.
 """
 
 # ruff: noqa: F811 - fixtures imported from tests/test_backend.py are used by name

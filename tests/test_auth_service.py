@@ -921,3 +921,24 @@ async def test_common_helpers_request_id_errors_and_signing() -> None:
     assert not verify_signature(body + b" ", header, "k")
     assert not verify_signature(body, header, "other")
     assert not verify_signature(body, None, "k") and not verify_signature(body, header, "")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/auth/signup",
+            {"email": "nul@example.com", "password": "Secret1234x", "full_name": "A\x00B"},
+            "full_name",
+        ),
+        ("/auth/login", {"email": "nul\x00@example.com", "password": "whatever123"}, "email"),
+        ("/auth/verify/resend", {"email": "nul\x00@example.com"}, "email"),
+    ],
+)
+async def test_should_refuse_a_nul_byte_the_store_cannot_hold_as_422_naming_the_field(
+    client: httpx.AsyncClient, path: str, body: dict[str, str], field: str
+) -> None:
+    """Issue 14: PostgreSQL cannot hold a NUL in text; that is the caller's error, not a 500 or a 503."""
+    resp = await client.post(path, json=body)
+    assert resp.status_code == 422, f"{path} with a NUL in {field} answered {resp.status_code}: {resp.text}"
+    assert [e["field"] for e in resp.json()["errors"]] == [field], resp.text

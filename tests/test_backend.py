@@ -881,6 +881,8 @@ async def test_usage_and_invoice_exact_and_idempotent(backend, users, http, ch, 
         " 2001-05",
         "2001-5",
         "2001-00",
+        "0000-01",  # found by tests/test_fuzz_api.py: datetime(0, 1, 1) was a 500
+        "9999-12",  # its month end is year 10000: a 500 too
     ],
 )
 async def test_invoice_period_must_be_exactly_yyyy_mm(http, users, pg, period):

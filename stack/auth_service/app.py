@@ -17,7 +17,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import asyncpg
@@ -30,11 +30,18 @@ from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 
-from stack.common.errors import FieldErrors, install_validation_handler
+from stack.common.errors import (
+    ERROR_RESPONSES,
+    NUL_FREE,
+    FieldErrors,
+    SafeStr,
+    error_responses,
+    install_error_answers,
+)
 from stack.common.redis_client import redis_client
 from stack.common.request_id import (
     REQUEST_ID_HEADER,
@@ -135,23 +142,31 @@ def _normalize_email(raw: str) -> str:
 # bodies
 
 
+# The schema says what the handlers check (format, bounds) so that a client and a fuzzer can know
+# it; the handlers still answer their own friendlier 422 per field. No field may carry a NUL:
+# PostgreSQL cannot store or compare it.
+EmailStr = Annotated[str, Field(pattern=NUL_FREE, json_schema_extra={"format": "email"})]
+
+
 class SignupIn(BaseModel):
-    email: str
-    password: str
-    full_name: str
+    email: EmailStr
+    password: Annotated[
+        SafeStr, Field(json_schema_extra={"minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX})
+    ]
+    full_name: Annotated[SafeStr, Field(json_schema_extra={"minLength": 1, "maxLength": NAME_MAX})]
 
 
 class LoginIn(BaseModel):
-    email: str
-    password: str
+    email: SafeStr
+    password: SafeStr
 
 
 class RefreshIn(BaseModel):
-    refresh_token: str
+    refresh_token: SafeStr
 
 
 class ResendIn(BaseModel):
-    email: str
+    email: SafeStr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +231,7 @@ def _frontend(ctx: Ctx, path: str, **query: str) -> str:
 router = APIRouter()
 
 
-@router.post("/auth/signup", status_code=201)
+@router.post("/auth/signup", status_code=201, responses=error_responses(409))
 async def signup(body: SignupIn, request: Request) -> dict[str, str]:
     ctx = _ctx(request)
     errors: list[tuple[str, str]] = []
@@ -282,7 +297,11 @@ async def resend_verification(body: ResendIn, request: Request) -> dict[str, str
     return {"detail": "If the account exists and is not verified yet, a new link is on its way."}
 
 
-@router.get("/auth/verify", response_model=None)
+@router.get(
+    "/auth/verify",
+    response_model=None,
+    responses={303: {"description": "back to the login page"}, **error_responses(400)},
+)
 async def verify_email(request: Request, token: str = "") -> Response:
     ctx = _ctx(request)
     wants_json = "application/json" in request.headers.get("accept", "")
@@ -310,7 +329,7 @@ async def verify_email(request: Request, token: str = "") -> Response:
     return RedirectResponse(_frontend(ctx, "/login", verified="1"), status_code=303)
 
 
-@router.post("/auth/login", response_model=None)
+@router.post("/auth/login", response_model=None, responses=error_responses(401, 403, 429))
 async def login(body: LoginIn, request: Request) -> dict[str, Any] | JSONResponse:
     ctx = _ctx(request)
     email = _normalize_email(body.email)
@@ -338,7 +357,7 @@ async def login(body: LoginIn, request: Request) -> dict[str, Any] | JSONRespons
     return await _new_session(ctx, user)
 
 
-@router.post("/auth/refresh")
+@router.post("/auth/refresh", responses=error_responses(401))
 async def refresh(body: RefreshIn, request: Request) -> dict[str, Any]:
     ctx = _ctx(request)
     result = await ctx.sessions.rotate(body.refresh_token.strip())
@@ -354,7 +373,7 @@ async def refresh(body: RefreshIn, request: Request) -> dict[str, Any]:
     return _token_body(ctx, user, result.sid, result.refresh_token)
 
 
-@router.post("/auth/logout", status_code=204)
+@router.post("/auth/logout", status_code=204, responses=error_responses(401))
 async def logout(request: Request) -> Response:
     ctx = _ctx(request)
     claims = _bearer_claims(ctx, request, verify_exp=False)  # an expired token may still end its session
@@ -363,7 +382,7 @@ async def logout(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/auth/me")
+@router.get("/auth/me", responses=error_responses(401))
 async def me(request: Request) -> dict[str, Any]:
     ctx = _ctx(request)
     claims = _bearer_claims(ctx, request)
@@ -403,7 +422,11 @@ async def providers(request: Request) -> list[dict[str, str]]:
 OAUTH_BINDING_COOKIE = "tl_oauth_binding"  # HttpOnly; ties a pending OAuth login to its browser
 
 
-@router.get("/auth/oauth/{provider}/start")
+@router.get(
+    "/auth/oauth/{provider}/start",
+    status_code=302,
+    responses={302: {"description": "to the provider"}, **error_responses(404)},
+)
 async def oauth_start(provider: str, request: Request) -> RedirectResponse:
     ctx = _ctx(request)
     p = _provider(ctx, provider)
@@ -426,7 +449,11 @@ async def oauth_start(provider: str, request: Request) -> RedirectResponse:
     return response
 
 
-@router.get("/auth/oauth/{provider}/callback")
+@router.get(
+    "/auth/oauth/{provider}/callback",
+    status_code=302,
+    responses={302: {"description": "to the app or its login page"}, **error_responses(404)},
+)
 async def oauth_callback(
     provider: str, request: Request, code: str = "", state: str = "", error: str = ""
 ) -> RedirectResponse:
@@ -549,7 +576,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "service": "auth"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=error_responses(503))
 async def ready(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     checks: dict[str, str] = {}
@@ -650,9 +677,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await rd.aclose()
             await pool.close()
 
-    app = FastAPI(title="Throughline auth", lifespan=lifespan)
+    app = FastAPI(
+        title="Throughline auth", lifespan=lifespan, responses={**ERROR_RESPONSES, **error_responses(503)}
+    )
     app.include_router(router)
-    install_validation_handler(app)
+    install_error_answers(app)  # before CORS: a 500 must carry the CORS headers too
     for exc_type in STORE_ERRORS:
         app.add_exception_handler(exc_type, _store_unavailable)
     app.add_middleware(

@@ -19,7 +19,15 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
+from stack.common.errors import (
+    ERROR_RESPONSES,
+    FieldErrors,
+    SafeStr,
+    error_responses,
+    install_error_answers,
+)
 from stack.common.settings import Settings
 from stack.common.signing import SIGNATURE_HEADER, verify_signature
 
@@ -43,7 +51,30 @@ log = logging.getLogger("stack.backend")
 
 # fullmatch, not match with `$` (which also matches before a final "\n"); [0-9], not \d (which
 # matches any Unicode digit, and int() reads those too): "2026-05\n" is not May 2026
-PERIOD_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+# years 1970..2105 only: what ClickHouse's DateTime can hold (a year 0000 or 9999-12 was a 500)
+YEAR = r"(19[7-9][0-9]|20[0-9]{2}|210[0-5])"
+PERIOD_RE = re.compile(YEAR + r"-(0[1-9]|1[0-2])")
+
+
+# ISO date (YYYY-MM-DD) or datetime; _parse_bound reads it, and 422s a date that does not exist
+BOUND_PATTERN = (
+    "^"
+    + YEAR
+    + r"-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
+TITLE_MAX = 200
+
+
+class ThreadIn(BaseModel):
+    """POST /api/threads: an optional title (blank -> "New conversation")."""
+
+    title: Annotated[SafeStr, Field(max_length=TITLE_MAX)] | None = None
+
+
+class InvoiceIn(BaseModel):
+    """POST /api/billing/invoices: a calendar month, YYYY-MM in ASCII digits."""
+
+    period: Annotated[str, Field(pattern=f"^{PERIOD_RE.pattern}$", examples=["2026-05"])]
 
 
 @dataclass
@@ -185,9 +216,12 @@ def _parse_bound(value: str | None, name: str) -> tuple[datetime | None, bool]:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), time(), UTC), True
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
-    except ValueError:
-        raise HTTPException(422, f"{name} must be an ISO date (YYYY-MM-DD) or datetime") from None
+        dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        if not 1970 <= dt.astimezone(UTC).year <= 2105:
+            raise ValueError("outside what the usage store holds")
+        return dt, False
+    except (ValueError, OverflowError):
+        raise FieldErrors([(name, f"{name} must be an ISO date (YYYY-MM-DD) or datetime")]) from None
 
 
 def create_app() -> FastAPI:
@@ -245,8 +279,13 @@ def create_app() -> FastAPI:
             await redis.close()
             await ch.close()
 
-    app = FastAPI(title="Throughline backend", lifespan=lifespan)
+    app = FastAPI(
+        title="Throughline backend",
+        lifespan=lifespan,
+        responses={**ERROR_RESPONSES, **error_responses(503)},
+    )
     app.state.services = services
+    install_error_answers(app)  # before CORS: a 500 must carry the CORS headers too
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[cfg.frontend_url],
@@ -267,7 +306,7 @@ def create_app() -> FastAPI:
     async def health():
         return {"status": "ok", "service": "backend"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses=error_responses(503))
     async def ready():
         async def check(coro) -> str:
             try:
@@ -290,7 +329,7 @@ def create_app() -> FastAPI:
         return {"status": "ready", "checks": checks}
 
     # ----------------------------------------------------------- internal
-    @app.post("/internal/users")
+    @app.post("/internal/users", responses={201: {"description": "created"}, **error_responses(401)})
     async def announce_user(request: Request):
         body = await request.body()
         if not verify_signature(body, request.headers.get(SIGNATURE_HEADER), cfg.internal_secret):
@@ -325,7 +364,7 @@ def create_app() -> FastAPI:
         return JSONResponse({**_profile(row), "created": created}, status_code=201 if created else 200)
 
     # ---------------------------------------------------------------- api
-    @app.get("/api/me")
+    @app.get("/api/me", responses=error_responses(401, 404, 429))
     async def me(user: ApiUser):
         async with pg.connection() as conn:
             row = await conn.fetchrow("SELECT * FROM profiles WHERE user_id = $1", uuid.UUID(user.user_id))
@@ -333,7 +372,7 @@ def create_app() -> FastAPI:
             raise HTTPException(404, "profile_not_found")
         return _profile(row)
 
-    @app.get("/api/threads")
+    @app.get("/api/threads", responses=error_responses(401, 429))
     async def list_threads(user: ApiUser):
         async with pg.connection() as conn:
             rows = await conn.fetch(
@@ -342,13 +381,9 @@ def create_app() -> FastAPI:
             )
         return {"threads": [_thread(r) for r in rows]}
 
-    @app.post("/api/threads", status_code=201)
-    async def create_thread(request: Request, user: ApiUser):
-        title = "New conversation"
-        with contextlib.suppress(Exception):
-            data = await request.json()
-            if isinstance(data, dict) and isinstance(data.get("title"), str) and data["title"].strip():
-                title = data["title"].strip()[:200]
+    @app.post("/api/threads", status_code=201, responses=error_responses(401, 429))
+    async def create_thread(user: ApiUser, body: ThreadIn | None = None):
+        title = ((body.title if body else None) or "").strip() or "New conversation"
         async with pg.connection() as conn:
             row = await conn.fetchrow(
                 "INSERT INTO threads (id, user_id, title) VALUES ($1, $2, $3) RETURNING *",
@@ -358,7 +393,7 @@ def create_app() -> FastAPI:
             )
         return _thread(row)
 
-    @app.get("/api/threads/{thread_id}/messages")
+    @app.get("/api/threads/{thread_id}/messages", responses=error_responses(401, 404, 429))
     async def thread_messages(thread_id: str, user: ApiUser):
         try:
             tid = uuid.UUID(thread_id)
@@ -375,11 +410,11 @@ def create_app() -> FastAPI:
             )
         return {"thread": _thread(thread), "messages": [_message(r) for r in rows]}
 
-    @app.get("/api/usage")
+    @app.get("/api/usage", responses=error_responses(401, 429))
     async def usage(
         user: ApiUser,
-        from_: str | None = Query(None, alias="from"),
-        to: str | None = Query(None),
+        from_: str | None = Query(None, alias="from", pattern=BOUND_PATTERN),
+        to: str | None = Query(None, pattern=BOUND_PATTERN),
     ):
         start, _ = _parse_bound(from_, "from")
         end, end_is_date = _parse_bound(to, "to")
@@ -392,16 +427,19 @@ def create_app() -> FastAPI:
         totals = summarize(await usage_by_agent(ch, user.user_id, start, end))
         return {"user_id": user.user_id, "from": start.isoformat(), "to": _iso(end), **totals}
 
-    @app.post("/api/billing/invoices")
-    async def create_invoice(request: Request, user: ApiUser):
-        try:
-            data = await request.json()
-            period = data["period"]
-            match = PERIOD_RE.fullmatch(period)
-        except (ValueError, KeyError, TypeError):
-            match = None
+    @app.post(
+        "/api/billing/invoices",
+        responses={
+            200: {"description": "already invoiced"},
+            201: {"description": "created"},
+            **error_responses(401, 429),
+        },
+    )
+    async def create_invoice(body: InvoiceIn, user: ApiUser):
+        period = body.period
+        match = PERIOD_RE.fullmatch(period)  # the pattern's `$` is checked again, by Python's rules
         if not match:
-            raise HTTPException(422, 'body must be {"period": "YYYY-MM"}')
+            raise FieldErrors([("period", 'period must be "YYYY-MM"')])
         uid = uuid.UUID(user.user_id)
         async with pg.connection() as conn:
             row = await conn.fetchrow(
@@ -452,7 +490,7 @@ def create_app() -> FastAPI:
             log.info("invoice %s for %s: %s USD", invoice_id, period, body["total_usd"])
         return JSONResponse(body, status_code=201 if invoice_id is not None else 200)
 
-    @app.get("/api/billing/invoices")
+    @app.get("/api/billing/invoices", responses=error_responses(401, 429))
     async def list_invoices(user: ApiUser):
         async with pg.connection() as conn:
             rows = await conn.fetch(

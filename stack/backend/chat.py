@@ -151,6 +151,9 @@ class ChatConnection:
         if len(content) > MAX_CONTENT:
             await self.error("bad_frame", f"content longer than {MAX_CONTENT} characters", rid)
             return
+        if "\x00" in content:  # PostgreSQL cannot store it: the turn would die after the LLM call
+            await self.error("bad_frame", "content must not contain a NUL character", rid)
+            return
         thread_id = payload.get("thread_id")
         rid = rid or new_request_id()
         token = request_id_var.set(rid)

@@ -9,19 +9,81 @@ pydantic's request validation errors are converted (field = the location without
     ...
     raise FieldErrors([("password", "Password must be at least 10 characters.")])
 
-Other errors keep FastAPI's `{"detail": ...}`.
+Other errors keep FastAPI's `{"detail": ...}`. `install_error_answers(app)` (call it before adding
+CORS) installs the above and makes every other error an answer the UI can show:
+
+- an unhandled exception is `500 {"detail": "internal_error", "request_id": ...}` as JSON, answered
+  INSIDE the CORS middleware (Starlette's own 500 is text/plain, outside CORS: the browser shows a
+  CORS error and the request id is lost);
+- a value PostgreSQL refuses to hold (asyncpg `DataError`: a NUL byte, an out-of-range number) is a
+  422, not a 500 and never a store outage (503). Handlers should refuse such input by field first
+  (`SafeStr` below refuses NUL); this is the backstop.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-__all__ = ["FieldErrors", "install_validation_handler", "validation_body"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "NUL_FREE",
+    "ErrorOut",
+    "FieldErrors",
+    "InternalErrorMiddleware",
+    "SafeStr",
+    "ValidationOut",
+    "error_responses",
+    "install_error_answers",
+    "install_validation_handler",
+    "validation_body",
+]
+
+_log = logging.getLogger(__name__)
+NUL_FREE = r"^[^\x00]*$"
+# text PostgreSQL can hold: no NUL character (asyncpg raises CharacterNotInRepertoireError)
+SafeStr = Annotated[str, Field(pattern=NUL_FREE)]
+
+
+class ErrorOut(BaseModel):
+    """Any non-validation error: `{"detail": ...}` (some add fields, e.g. retry_after, store)."""
+
+    model_config = {"extra": "allow"}
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationOut(BaseModel):
+    """A 422: a summary and one message per field."""
+
+    detail: str
+    errors: list[FieldError]
+
+
+class InternalErrorOut(BaseModel):
+    detail: str
+    request_id: str | None
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these statuses with the bodies this module answers."""
+    models: dict[int, type[BaseModel]] = {422: ValidationOut, 500: InternalErrorOut}
+    return {s: {"model": models.get(s, ErrorOut)} for s in statuses}
+
+
+ERROR_RESPONSES = error_responses(422, 500)
 
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
@@ -50,6 +112,8 @@ def _message(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     if err.get("type") == "value_error" and "error" in ctx:
         return str(ctx["error"])
+    if err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") == NUL_FREE:
+        return "must not contain a NUL character"
     if err.get("type") == "missing":
         return "This field is required."
     return str(err.get("msg", "invalid value"))
@@ -70,3 +134,67 @@ def install_validation_handler(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(FieldErrors, on_field_errors)
+
+
+class InternalErrorMiddleware:
+    """Pure ASGI: an exception nothing handled becomes a JSON 500 carrying the request id.
+
+    Add it before CORSMiddleware (so it runs inside CORS and the answer gets its headers) and
+    after nothing that must see the exception. The request id is the one the outer request-id
+    middleware put on `scope["state"]`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            _log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:  # too late for a clean answer: let the server drop the connection
+                raise
+            rid = (scope.get("state") or {}).get("request_id")
+            body = json.dumps({"detail": "internal_error", "request_id": rid}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+def install_error_answers(app: FastAPI) -> None:
+    """Validation bodies, store-refused values as 422, and JSON 500s. Call before adding CORS."""
+    install_validation_handler(app)
+
+    async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
+        _log.warning(
+            "store refused a value on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc,
+        )
+        column = getattr(exc, "column_name", None) or "body"
+        return JSONResponse(
+            validation_body([(column, "This value cannot be stored.")], "invalid value"), status_code=422
+        )
+
+    app.add_exception_handler(asyncpg.exceptions.DataError, on_data_error)
+    app.add_middleware(InternalErrorMiddleware)

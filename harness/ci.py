@@ -142,8 +142,8 @@ def evaluate_gates(gates: list[Gate], results: RunResults) -> list[GateResult]:
 
 
 # -- previous results and the trend -----------------------------------------------------------------
-def previous_results_path(spec: str, current: Path, reports: Path) -> Path:
-    """The previous results file: a path (file or run folder), or `last`, the newest other run."""
+def previous_results_path(spec: str, current: Path, reports: Path) -> Path | None:
+    """The previous results file: a path (file or run folder), or `last`, the newest other run (None: first run)."""
     if spec == "last":
         current_dir = current.resolve().parent
         runs = [
@@ -151,9 +151,7 @@ def previous_results_path(spec: str, current: Path, reports: Path) -> Path:
             for p in (reports / "runs").glob(f"*/{RESULTS_FILE}")
             if p.resolve().parent != current_dir and p.stat().st_mtime <= current.stat().st_mtime
         ]
-        if not runs:
-            raise CiInputError(f"--previous last: no earlier run in {reports / 'runs'}")
-        return max(runs, key=lambda p: p.stat().st_mtime)
+        return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
     path = Path(spec)
     if path.is_dir():
         path = path / RESULTS_FILE
@@ -387,7 +385,7 @@ def after_run(results_path: Path, options: CiOptions, reports: Path | None = Non
             prev_path = previous_results_path(
                 options.previous, results_path, reports or results_path.resolve().parent.parent.parent
             )
-            previous = RunResults.load(prev_path)
+            previous = RunResults.load(prev_path) if prev_path is not None else None
     except (ResultsError, CiInputError) as exc:
         print(f"throughline: {exc}", flush=True)
         return 2

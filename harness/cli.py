@@ -16,6 +16,7 @@ from pathlib import Path
 from harness import platform_coverage
 from harness import prove as prove_mod
 from harness.browser import headed_display_error
+from harness.ci import CiInputError, CiOptions, after_run, ci_options
 from harness.declaration import DeclarationError
 from harness.merge import merge_runs
 from harness.plugin_parallel import ParallelError, durations_path, load_durations, parse_shard, parse_workers
@@ -281,6 +282,14 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if no_display is not None:
         print(f"throughline: {no_display}", file=sys.stderr)
         return 2
+    try:
+        ci = ci_options(args.gate, args.notify, args.previous, args.summary)
+    except CiInputError as exc:
+        print(f"throughline: {exc}", file=sys.stderr)
+        return 2
+    if (ci.gates or ci.notify or ci.previous or ci.summary) and not args.reports:
+        print("throughline: --gate, --notify, --previous and --summary need --reports DIR", file=sys.stderr)
+        return 2
     argv = [sys.executable, "-m", "pytest"] + ([] if _has_path(extra) else ["journeys"])
     if args.target:
         argv += ["--target", args.target]
@@ -299,7 +308,11 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.platform_coverage:
         argv.append("--platform-coverage")
     argv += extra
-    return subprocess.call(argv)
+    status = subprocess.call(argv)
+    if not (ci.gates or ci.notify or ci.previous or ci.summary):
+        return status
+    gated = after_run(Path(args.reports) / "latest" / "results.json", ci, Path(args.reports))
+    return status or gated
 
 
 def cmd_report_merge(args: argparse.Namespace) -> int:
@@ -316,6 +329,38 @@ def cmd_report_merge(args: argparse.Namespace) -> int:
     )
     print(f"  report  {merged.report}\n  junit   {merged.junit}\n  results {merged.results_file}")
     return 1 if counts["failed"] else 0
+
+
+def cmd_report_summary(args: argparse.Namespace) -> int:
+    try:
+        ci: CiOptions = ci_options(args.gate, args.notify, args.previous, True)
+    except CiInputError as exc:
+        print(f"throughline: {exc}", file=sys.stderr)
+        return 2
+    path = Path(args.results)
+    if path.is_dir():
+        path = path / "results.json"
+    return after_run(path, ci, Path(args.reports) if args.reports else None)
+
+
+def _add_ci_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--gate",
+        action="append",
+        default=None,
+        help="a release gate, evaluated after the run: p0, supported, real>=80, coverage>=70, or "
+        "default (p0,supported,real>=80); repeat or comma-separate",
+    )
+    command.add_argument(
+        "--notify",
+        default=None,
+        help="Slack-compatible webhook URL for red runs and recovery; env THROUGHLINE_NOTIFY_URL",
+    )
+    command.add_argument(
+        "--previous",
+        default=None,
+        help="the previous results (a results.json or run folder), or 'last': the newest other run in the reports dir",
+    )
 
 
 def cmd_durations(args: argparse.Namespace) -> int:
@@ -382,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run the platform's Python services under coverage.py; per-service figures in the report "
         "(docs/platform-coverage.md)",
     )
+    _add_ci_arguments(run)
+    run.add_argument("--summary", action="store_true", help="write the job summary after the run")
     report_cmd = sub.add_parser("report", help="release reports from results")
     report_sub = report_cmd.add_subparsers(dest="action", required=True)
     merge_cmd = report_sub.add_parser(
@@ -389,6 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     merge_cmd.add_argument("inputs", nargs="+", help="run folders (with results.json), or folders of them")
     merge_cmd.add_argument("--out", default="reports/merged", help="where the merged files go")
+    summary_cmd = report_sub.add_parser(
+        "summary", help="the Markdown job summary ($GITHUB_STEP_SUMMARY, else stdout), gates, trend, notify"
+    )
+    summary_cmd.add_argument(
+        "results",
+        nargs="?",
+        default="reports/latest",
+        help="a results.json or run folder (default reports/latest)",
+    )
+    summary_cmd.add_argument(
+        "--reports", default=None, help="the reports dir holding runs/ (for --previous last)"
+    )
+    _add_ci_arguments(summary_cmd)
     durations = sub.add_parser(
         "durations",
         help="record the tests' durations from results, for --shard (targets/<name>/durations.json)",
@@ -413,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prove":
         return prove_mod.main(args)
     if args.command == "report":
-        return cmd_report_merge(args)
+        return cmd_report_summary(args) if args.action == "summary" else cmd_report_merge(args)
     if args.command == "durations":
         return cmd_durations(args)
     return {"up": cmd_stack_up, "down": cmd_stack_down, "status": cmd_stack_status, "env": cmd_stack_env}[

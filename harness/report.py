@@ -20,6 +20,7 @@ Every text this module puts into a report goes through `harness.redact.redact`.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import time
@@ -699,6 +700,19 @@ def failure_text_sections(
     return [(redact(t), redact(s)) for t, s in sections]
 
 
+def _screenshot_html(path: str) -> str:
+    """The failure screenshot embedded as a data URI, so the report stays one self-contained file."""
+    try:
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    except OSError as exc:
+        return f"<p>Screenshot {esc(path)} cannot be read: {esc(type(exc).__name__)}</p>"
+    return (
+        f"<details class='tl-section' open><summary><b>Screenshot</b></summary>"
+        f"<img class='tl-screenshot' alt='failure screenshot' style='max-width:100%' "
+        f"src='data:image/png;base64,{data}'></details>"
+    )
+
+
 # -- a report of results alone (`throughline report merge`) ----------------------------------------
 def results_html(results: RunResults, target: Target | None) -> str:
     """A self-contained HTML release report built from results only: the same summary as a single
@@ -725,6 +739,9 @@ def results_html(results: RunResults, target: Target | None) -> str:
             if rec.longrepr:
                 blocks.append(text_block("Traceback", rec.longrepr))
             detail = "".join(blocks)
+        detail += "".join(
+            _screenshot_html(path) for kind, path in rec.artifacts if kind == "playwright_screenshot"
+        )
         if rec.artifacts:
             detail += text_block("Playwright artifacts", "\n".join(f"{k}: {p}" for k, p in rec.artifacts))
         rows.append(

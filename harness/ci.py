@@ -11,6 +11,7 @@ dir (DIR/runs/<id>/results.json).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -406,10 +407,53 @@ def after_run(results_path: Path, options: CiOptions, reports: Path | None = Non
                 f"throughline: {kind} notification "
                 + ("sent" if error is None else f"NOT sent, the webhook failed: {error}")
             )
+    if gate_results:
+        write_gates_into_report(results_path.parent / "report.html", gate_results)
     failed = [g for g in gate_results if not g.passed]
     for g in gate_results:
         print(f"throughline: gate {g.gate}: {'pass' if g.passed else 'FAILED'}: {g.why}")
     return 1 if failed else 0
+
+
+GATES_BEGIN, GATES_END = "<!-- throughline-gates -->", "<!-- /throughline-gates -->"
+
+
+def gates_html(gates: list[GateResult]) -> str:
+    """The release gates as a block of the HTML report: which passed, which failed and why."""
+    failed = [g for g in gates if not g.passed]
+    colour = "#b42318" if failed else "#067647"
+    head = (
+        f"RELEASE GATES: {len(failed)} of {len(gates)} FAILED"
+        if failed
+        else f"RELEASE GATES: all {len(gates)} passed"
+    )
+    rows = "".join(
+        f"<tr><td><code>{html.escape(str(g.gate))}</code></td>"
+        f"<td style='color:{'#067647' if g.passed else '#b42318'}'>{'pass' if g.passed else 'FAILED'}</td>"
+        f"<td>{html.escape(redact(g.why))}</td></tr>"
+        for g in gates
+    )
+    return (
+        f"{GATES_BEGIN}<section id='throughline-gates' style='border:2px solid {colour};padding:8px;margin:8px 0'>"
+        f"<h2 style='color:{colour};margin:0 0 6px'>{head}</h2>"
+        f"<table><tr><th>gate</th><th>result</th><th>why</th></tr>{rows}</table></section>{GATES_END}"
+    )
+
+
+def write_gates_into_report(report: Path, gates: list[GateResult]) -> None:
+    """Put the gates at the top of the run's report.html (replacing an earlier evaluation's)."""
+    if not report.is_file():
+        return
+    text = report.read_text(encoding="utf-8")
+    if GATES_BEGIN in text and GATES_END in text:
+        start, end = text.index(GATES_BEGIN), text.index(GATES_END) + len(GATES_END)
+        text = text[:start] + text[end:]
+    match = re.search(r"<body[^>]*>", text)
+    at = match.end() if match else 0
+    text = text[:at] + gates_html(gates) + text[at:]
+    tmp = report.with_suffix(".html.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(report)
 
 
 def gates_json(gates: list[GateResult]) -> str:

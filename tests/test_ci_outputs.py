@@ -166,6 +166,17 @@ def test_should_evaluate_each_gate(
     assert f"| `{gate}` | {'pass' if passes else '**FAIL**'} |" in out, "the summary shows the gate too"
 
 
+def test_should_show_the_gates_at_the_top_of_the_html_report_once(tmp_path: Path) -> None:
+    path = make_run(tmp_path, "r1", fail="signup")
+    (path.parent / "report.html").write_text("<html><body class='x'><h1>Release summary</h1></body></html>")
+    assert main(["report", "summary", str(tmp_path / "latest"), "--gate", "p0", "--gate", "real>=50"]) == 1
+    assert main(["report", "summary", str(tmp_path / "latest"), "--gate", "p0", "--gate", "real>=50"]) == 1
+    page = (path.parent / "report.html").read_text()
+    assert page.count("id='throughline-gates'") == 1, "a second evaluation must replace the first"
+    assert page.index("RELEASE GATES: 1 of 2 FAILED") < page.index("Release summary")
+    assert "<code>p0</code>" in page and "signup" in page and "<code>real&gt;=50</code>" in page
+
+
 def test_should_pass_and_fail_the_coverage_gate_on_measured_coverage(tmp_path: Path) -> None:
     make_run(tmp_path, "r1")
     results = RunResults.load(tmp_path / "latest" / "results.json")

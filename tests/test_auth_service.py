@@ -903,7 +903,7 @@ async def test_common_helpers_request_id_errors_and_signing() -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         r = await c.get("/boom", headers={"X-Request-ID": "abc-1"})
-        assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+        assert r.status_code == 500 and r.json() == {"detail": "internal_error", "request_id": "abc-1"}
         assert r.headers["X-Request-ID"] == "abc-1"
         r = await c.get("/rid", headers={"X-Request-ID": "bad id\nwith newline"})
         assert r.json()["rid"] == r.headers["X-Request-ID"] != "bad id\nwith newline"

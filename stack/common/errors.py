@@ -22,7 +22,6 @@ CORS) installs the above and makes every other error an answer the UI can show:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
@@ -32,6 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+
+from stack.common.request_id import send_internal_error
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -164,19 +165,7 @@ class InternalErrorMiddleware:
             _log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:  # too late for a clean answer: let the server drop the connection
                 raise
-            rid = (scope.get("state") or {}).get("request_id")
-            body = json.dumps({"detail": "internal_error", "request_id": rid}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_internal_error(send, (scope.get("state") or {}).get("request_id"))
 
 
 def install_error_answers(app: FastAPI) -> None:

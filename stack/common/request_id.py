@@ -14,7 +14,7 @@ Usage in a service::
 - `with bind_request_id(rid):` logs a background job under a stored request id.
 - The middleware writes one access line per HTTP request WITHOUT the query string (a
   query may carry a token), so run uvicorn with `access_log=False`, `log_config=None`.
-- An unhandled exception is logged with the id and answered `500 {"detail": "internal error"}`.
+- An unhandled exception is logged with the id and answered `500 {"detail": "internal_error", "request_id": ...}`.
 - WebSocket scopes get an id too (echoed in the accept headers).
 """
 
@@ -67,6 +67,16 @@ def bind_request_id(rid: str | None) -> Iterator[str]:
         yield rid
     finally:
         _request_id.reset(token)
+
+
+async def send_internal_error(
+    send: Any, rid: str | None, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer an unhandled exception: `500 {"detail": "internal_error", "request_id": ...}` as JSON."""
+    body = json.dumps({"detail": "internal_error", "request_id": rid}).encode()
+    start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 500, "headers": start_headers + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestIdFilter(logging.Filter):
@@ -140,19 +150,7 @@ class RequestIdMiddleware:
             if scope["type"] != "http" or status["code"]:
                 raise
             status["code"] = 500
-            body = json.dumps({"detail": "internal error"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (_HEADER_BYTES, rid.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_internal_error(send, rid, [(_HEADER_BYTES, rid.encode())])
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             if scope["type"] == "http":

@@ -22,19 +22,10 @@ import pytest
 from harness.plugin_parallel import ParallelError, load_durations, parse_shard
 from harness.process import is_port_free
 from harness.results import RunResults
+from tests.toy_project import CONFTEST, INI, ROOT, TOY
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
-TOY = ROOT / "tests" / "toy_target"
-INI = """
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = session
-asyncio_default_test_loop_scope = session
-addopts = -ra --strict-markers -p no:cacheprovider
-"""
-CONFTEST = 'pytest_plugins = ["harness.plugin_parallel", "harness.plugin", "harness.plugin_browser", "harness.plugin_target"]\n'
 JOURNEY_FILE = "journeys/test_real_websocket_auth_integration.py"
 
 

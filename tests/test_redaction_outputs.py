@@ -11,16 +11,14 @@ from __future__ import annotations
 import html
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from harness.redact import REDACTED, redact, redact_value
+from tests.toy_project import CONFTEST, INI, ROOT, TOY
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
-TOY = ROOT / "tests" / "toy_target"
 SECRETS = {
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.UExBTlRFRC1qd3Qtc2lnbmF0dXJl",
     "refresh": "rt-PLANTEDopaqueRefresh9f8e7d6c",
@@ -32,14 +30,6 @@ SECRETS = {
     "basic": "UExBTlRFRDpiYXNpYy1jcmVkcw",
 }
 SIGNATURE = SECRETS["jwt"].rsplit(".", 1)[1]
-INI = """
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = session
-asyncio_default_test_loop_scope = session
-addopts = -ra --strict-markers -p no:cacheprovider
-"""
-CONFTEST = 'pytest_plugins = ["harness.plugin_parallel", "harness.plugin", "harness.plugin_browser", "harness.plugin_target"]\n'
 JOURNEY = """
 import json
 import os

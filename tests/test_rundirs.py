@@ -11,26 +11,19 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.process import is_port_free
 from harness.rundirs import MARKER, make_run_dir, mark_owner, owner_of, process_start_time, sweep_stale
+from tests.toy_project import CONFTEST, INI, ROOT, TOY
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
-TOY = ROOT / "tests" / "toy_target"
-INI = """
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = session
-asyncio_default_test_loop_scope = session
-addopts = -ra --strict-markers -p no:cacheprovider
-"""
-CONFTEST = 'pytest_plugins = ["harness.plugin_parallel", "harness.plugin", "harness.plugin_browser", "harness.plugin_target"]\n'
 RUN_TESTS = """
 import json, os, signal
 from pathlib import Path
@@ -44,16 +37,23 @@ def test_uses_the_stack(stack):
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Pytester:
-    """A throwaway project running Throughline's plugins on the toy target."""
+def project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[pytest.Pytester]:
+    """A throwaway project running Throughline's plugins on the toy target, with a temp dir of its
+    own: every Throughline start on the machine sweeps the shared one, so a run elsewhere (the
+    other xdist worker, another checkout) could sweep this test's killed run dir first."""
     for name in [n for n in os.environ if n.startswith(("THROUGHLINE_", "PYTEST_XDIST"))]:
         monkeypatch.delenv(name)
+    private_tmp = Path(tempfile.mkdtemp(prefix="tl-rundirs-"))  # short: sockets live in run dirs
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("RUN_OUT", str(tmp_path / "run.json"))
     pytester.makeini(INI)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_run=RUN_TESTS)
-    return pytester
+    yield pytester
+    shutil.rmtree(private_tmp, ignore_errors=True)
 
 
 def _run(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, object]]:

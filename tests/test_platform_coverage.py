@@ -106,19 +106,14 @@ def _imports_of(folder: Path, skip: Path | None = None) -> set[str]:
     return seen
 
 
-def test_a_file_the_service_never_imports_is_listed_as_never_entered(measured_run: Path) -> None:
-    # The premise, checked from the sources: nothing the backend runs imports stack.common.errors.
-    common = ROOT / "stack" / "common"
-    imported = _imports_of(ROOT / "stack" / "backend") | _imports_of(common, skip=common / "errors.py")
-    assert "stack.common.errors" not in imported, (
-        "the backend imports stack.common.errors now: pick another file"
-    )
+def test_files_the_backend_runs_are_never_listed_as_never_entered(measured_run: Path) -> None:
+    # Since its JSON 500s the backend imports every stack.common module, so none of its measured
+    # files is a never-entered one here (the two-worker toy test covers a file that is listed).
     backend = _figures(measured_run)["services"]["backend"]
-    assert "stack/common/errors.py" in backend["never_entered"], (
-        f"backend: stack/common/errors.py, which it never imports, is not listed as never entered: "
-        f"{backend['never_entered']}"
-    )
     files = {f["path"]: f for f in backend["files"]}
+    for path in ("stack/common/errors.py", "stack/common/request_id.py", "stack/backend/chat.py"):
+        assert path not in backend["never_entered"], f"backend: {path} runs, yet is listed as never entered"
+        assert files[path]["line_percent"] > 0, f"backend: {path} runs, yet has no line covered"
     for path in backend["never_entered"]:
         assert files[path]["line_percent"] == 0 and files[path]["lines_total"] > 0, path
 

@@ -89,9 +89,15 @@ def stop(proc: subprocess.Popen) -> None:
 def spawn_backend(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, dict]:
     """One more backend process on a free port (for tests that kill one); -> (process, urls)."""
     port = free_port()
+    proc = spawn_service("stack.backend", port, env, log_path)
+    return proc, {"url": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}/ws", "log": log_path}
+
+
+def spawn_service(module: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`python -m <module> --port <port>`, logging to log_path, once its /health answers."""
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stack.backend", "--port", str(port)],
+            [sys.executable, "-m", module, "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log_file,
@@ -102,7 +108,7 @@ def spawn_backend(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen
     except BaseException:
         stop(proc)
         raise
-    return proc, {"url": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}/ws", "log": log_path}
+    return proc
 
 
 class _JWKSHandler(BaseHTTPRequestHandler):

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +33,6 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from tests.test_auth_service import SECRET as AUTH_SECRET
 from tests.test_auth_service import BackendReceiver, MailSink, make_env
 from tests.test_backend import (  # noqa: F401 - fixtures: the live backend over real stores
-    ROOT,
     Users,
     auth_url,
     backend,
@@ -47,8 +44,8 @@ from tests.test_backend import (  # noqa: F401 - fixtures: the live backend over
     redis_url,
     rsa_key,
     sign,
+    spawn_service,
     stop,
-    wait_http,
 )
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
@@ -172,16 +169,8 @@ def auth_service(stores, redis_url, tmp_path_factory) -> Iterator[dict[str, str]
                 "TL_ARGON2_MEMORY_KIB": "19456",
                 "TL_ARGON2_PARALLELISM": "1",
             }
-            with open(log_path, "wb") as log_file:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "stack.auth_service", "--port", str(port)],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
+            proc = spawn_service("stack.auth_service", port, env, log_path)
             try:
-                wait_http(f"http://127.0.0.1:{port}/health", proc)
                 yield {"url": f"http://127.0.0.1:{port}", "dsn": dsn}
             finally:
                 stop(proc)

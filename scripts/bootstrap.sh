@@ -46,6 +46,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing the project and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  # pip compiled the packages' .pyc; pytest's assertion-rewritten copies of its plugins (about
+  # 300 modules) are written on first use, and never where PYTHONDONTWRITEBYTECODE is set (CI
+  # images often set it): then every pytest process rewrites them again, 3 s of CPU each.
+  # One collection writes them into the venv; later runs only read them, whatever that setting.
+  env -u PYTHONDONTWRITEBYTECODE "$VENV/bin/python" -m pytest --collect-only -q -p no:cacheprovider \
+    tests journeys >/dev/null 2>&1 || true
   echo "$want" > "$stamp"
 fi
 say "ready"

@@ -93,11 +93,13 @@ class MailSink:
 
 
 class BackendReceiver:
-    """Stands in for the backend's POST /internal/users; can fail N times per email."""
+    """Stands in for the backend's POST /internal/users; can fail N times per email, or answer
+    an email's announcement only after a delay (a slow backend)."""
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.fail_for: dict[str, int] = {}
+        self.slow_for: dict[str, float] = {}
         self.lock = threading.Lock()
         receiver = self
 
@@ -110,6 +112,9 @@ class BackendReceiver:
                     failing = receiver.fail_for.get(mail, 0) > 0
                     if failing:
                         receiver.fail_for[mail] -= 1
+                    slow = receiver.slow_for.get(mail, 0.0)
+                if slow:
+                    threading.Event().wait(slow)  # the backend is slow to answer, not the test
                 status = 503 if failing else (200 if self.path == "/internal/users" else 404)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -607,6 +612,30 @@ async def test_announcement_is_retried_until_the_backend_accepts(
         return row is not None and row["delivered_at"] is not None and row["attempts"] == 3
 
     await eventually(delivered, what="announcement marked delivered")
+
+
+async def test_oauth_sign_up_is_announced_before_its_redirect_lands_in_the_app(
+    client: httpx.AsyncClient, oidc_standin: dict[str, str], receiver: BackendReceiver, scratch_dsn: str
+) -> None:
+    """The OAuth callback's redirect lands on the dashboard, whose first GET /api/me needs the
+    profile: the announcement is delivered before the redirect is answered, even from a backend
+    that takes half a second. Caught by the OAuth sign-in journey under two workers (404)."""
+    address = addr("oauth-first")
+    receiver.slow_for[address] = 0.5
+    r, _ = await _oauth_authorize(client, oidc_standin, email=address)
+    assert r.status_code == 302 and "access_token=" in r.headers["location"], r.headers.get("location")
+    con = await asyncpg.connect(scratch_dsn)
+    try:
+        row = await con.fetchrow(
+            "SELECT a.attempts, a.delivered_at FROM announcements a JOIN users u ON u.id = a.user_id"
+            " WHERE u.email = $1",
+            address,
+        )
+    finally:
+        await con.close()
+    assert row is not None, f"no announcement for {address}"
+    assert row["delivered_at"] is not None and row["attempts"] == 1, dict(row)
+    assert len(receiver.for_email(address)) == 1
 
 
 async def test_health_ready_request_id_and_cors(client: httpx.AsyncClient) -> None:

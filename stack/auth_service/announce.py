@@ -7,6 +7,10 @@ A failure is logged and retried with exponential backoff (0.5 s doubling, capped
 30 s) up to MAX_ATTEMPTS, then the row is marked failed (logged as an error). So a
 signup never fails because the backend is down, and the profile appears when it is back.
 The backend's endpoint is idempotent, so a duplicate delivery is harmless.
+
+A sign-up that lands in the app at once (OAuth) first delivers its own announcement inline,
+`Announcer.deliver_now`, bounded in time: the app's first `GET /api/me` must find the profile.
+The outbox stays the fallback when the backend is down or slow.
 """
 
 from __future__ import annotations
@@ -59,6 +63,32 @@ class Announcer:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def deliver_now(self, user_id: str, timeout: float) -> bool:
+        """Deliver `user_id`'s pending announcement before the caller answers, within `timeout`.
+
+        Without it the redirect of an OAuth sign-up beats the background delivery, and the
+        dashboard's first `GET /api/me` answers 404 (caught by the OAuth sign-in journey under
+        two workers). False when it could not: the row stays due and the loop retries it.
+        """
+        delivered = 0
+        try:
+            async with asyncio.timeout(timeout):
+                row = await self.pool.fetchrow(
+                    "SELECT id, user_id, body, attempts, request_id FROM announcements"
+                    " WHERE user_id = $1 AND delivered_at IS NULL AND failed_at IS NULL"
+                    " ORDER BY id LIMIT 1",
+                    user_id,
+                )
+                if row is None:
+                    return True
+                with bind_request_id(row["request_id"]):
+                    delivered = await self._deliver(row)
+        except TimeoutError:
+            log.warning("announcing user %s took over %.1f s; the outbox delivers it", user_id, timeout)
+        if not delivered:
+            self.wake()
+        return bool(delivered)
 
     async def run(self) -> None:
         while True:

@@ -65,6 +65,8 @@ log = logging.getLogger("auth")
 VERIFICATION_TTL_HOURS = 24
 PASSWORD_MIN, PASSWORD_MAX = 10, 256
 NAME_MAX = 100
+# An OAuth sign-up waits this long for its profile to reach the backend (Announcer.deliver_now).
+ANNOUNCE_INLINE_TIMEOUT = 2.0
 MSG_BAD_CREDENTIALS = "Invalid email or password."
 MSG_STORE_DOWN = "auth store unavailable"
 STORE_ERRORS: tuple[type[BaseException], ...] = (
@@ -493,8 +495,8 @@ async def _resolve_oauth_user(ctx: Ctx, provider: str, ident: OIDCUser) -> async
             user, created = await _resolve_once(ctx, provider, ident)
         except asyncpg.UniqueViolationError:
             continue
-        if created:
-            ctx.announcer.wake()
+        if created:  # the redirect lands in the app, whose first request needs the profile
+            await ctx.announcer.deliver_now(str(user["id"]), ANNOUNCE_INLINE_TIMEOUT)
         return user
     raise OIDCError("oauth_failed", "could not create or link the account")
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from stack.common.errors import (
     ERROR_RESPONSES,
@@ -75,6 +75,29 @@ class InvoiceIn(BaseModel):
     """POST /api/billing/invoices: a calendar month, YYYY-MM in ASCII digits."""
 
     period: Annotated[str, Field(pattern=f"^{PERIOD_RE.pattern}$", examples=["2026-05"])]
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return uuid.UUID(str(value))
+
+
+def _announced_at(value: Any) -> datetime | None:
+    if not value:
+        return None
+    created_at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return created_at if created_at.tzinfo is not None else created_at.replace(tzinfo=UTC)
+
+
+class AnnouncedUserIn(BaseModel):
+    """POST /internal/users (signed by the auth service): the new user's profile fields."""
+
+    user_id: Annotated[uuid.UUID, BeforeValidator(_uuid)]
+    email: Annotated[str, BeforeValidator(lambda v: str(v).strip().lower())]
+    full_name: Annotated[str, BeforeValidator(lambda v: str(v or ""))] = ""
+    created_at: Annotated[datetime | None, BeforeValidator(_announced_at)] = None
+
+
+ANNOUNCE_BODY_INVALID = "body must be {user_id, email, full_name, created_at}"
 
 
 @dataclass
@@ -329,25 +352,29 @@ def create_app() -> FastAPI:
         return {"status": "ready", "checks": checks}
 
     # ----------------------------------------------------------- internal
-    @app.post("/internal/users", responses={201: {"description": "created"}, **error_responses(401)})
+    # The body is read by hand after the signature check (an unsigned body is a 401 whatever it
+    # holds, and the signature covers the raw bytes), so it is declared, not a body parameter.
+    @app.post(
+        "/internal/users",
+        responses={201: {"description": "created"}, **error_responses(401)},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": AnnouncedUserIn.model_json_schema()}},
+            }
+        },
+    )
     async def announce_user(request: Request):
         body = await request.body()
         if not verify_signature(body, request.headers.get(SIGNATURE_HEADER), cfg.internal_secret):
             log.warning("internal call with a bad signature rejected")
             raise HTTPException(401, "bad_signature")
         try:
-            data = json.loads(body)
-            user_id = uuid.UUID(str(data["user_id"]))
-            email = str(data["email"]).strip().lower()
-            full_name = str(data.get("full_name") or "")
-            created_raw = data.get("created_at")
-            created_at = (
-                datetime.fromisoformat(str(created_raw).replace("Z", "+00:00")) if created_raw else None
-            )
-            if created_at is not None and created_at.tzinfo is None:
-                created_at = created_at.replace(tzinfo=UTC)
-        except (ValueError, KeyError, TypeError):
-            raise HTTPException(422, "body must be {user_id, email, full_name, created_at}") from None
+            announced = AnnouncedUserIn.model_validate(json.loads(body))
+        except (ValueError, TypeError):  # not JSON, or pydantic's ValidationError (a ValueError)
+            raise HTTPException(422, ANNOUNCE_BODY_INVALID) from None
+        user_id, email, full_name = announced.user_id, announced.email, announced.full_name
+        created_at = announced.created_at
         async with pg.connection() as conn:
             row = await conn.fetchrow(
                 "INSERT INTO profiles (user_id, email, full_name, created_at) VALUES ($1, $2, $3, COALESCE($4, now())) "

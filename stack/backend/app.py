@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from stack.common.errors import (
     ERROR_RESPONSES,
+    ErrorOut,
     FieldErrors,
     SafeStr,
     error_responses,
@@ -33,6 +34,20 @@ from stack.common.signing import SIGNATURE_HEADER, verify_signature
 
 from . import ratelimit
 from .agents import LLM
+from .answers import (
+    AnnouncedProfileOut,
+    HealthOut,
+    InvoiceOut,
+    InvoicesOut,
+    NotReadyOut,
+    ProfileOut,
+    ReadyOut,
+    ThreadMessagesOut,
+    ThreadOut,
+    ThreadsOut,
+    UsageOut,
+    answer,
+)
 from .auth import (
     Authenticator,
     AuthError,
@@ -325,11 +340,17 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": "store_unavailable", "store": exc.store}, status_code=503)
 
     # ------------------------------------------------------------- health
-    @app.get("/health")
+    @app.get("/health", responses={200: answer(HealthOut, "alive")})
     async def health():
         return {"status": "ok", "service": "backend"}
 
-    @app.get("/ready", responses=error_responses(503))
+    @app.get(
+        "/ready",
+        responses={
+            200: answer(ReadyOut, "every dependency answered"),
+            503: answer(NotReadyOut, "some dependency did not answer"),
+        },
+    )
     async def ready():
         async def check(coro) -> str:
             try:
@@ -356,7 +377,14 @@ def create_app() -> FastAPI:
     # holds, and the signature covers the raw bytes), so it is declared, not a body parameter.
     @app.post(
         "/internal/users",
-        responses={201: {"description": "created"}, **error_responses(401)},
+        status_code=201,
+        responses={
+            201: answer(AnnouncedProfileOut, "profile created"),
+            200: answer(AnnouncedProfileOut, "profile already present (a repeated announcement)"),
+            # read by hand, so its 422 is a plain {"detail"} (a value PostgreSQL refuses adds errors)
+            422: answer(ErrorOut, "body is not the announced user"),
+            **error_responses(401),
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -391,7 +419,10 @@ def create_app() -> FastAPI:
         return JSONResponse({**_profile(row), "created": created}, status_code=201 if created else 200)
 
     # ---------------------------------------------------------------- api
-    @app.get("/api/me", responses=error_responses(401, 404, 429))
+    @app.get(
+        "/api/me",
+        responses={200: answer(ProfileOut, "the user's profile"), **error_responses(401, 404, 429)},
+    )
     async def me(user: ApiUser):
         async with pg.connection() as conn:
             row = await conn.fetchrow("SELECT * FROM profiles WHERE user_id = $1", uuid.UUID(user.user_id))
@@ -399,7 +430,10 @@ def create_app() -> FastAPI:
             raise HTTPException(404, "profile_not_found")
         return _profile(row)
 
-    @app.get("/api/threads", responses=error_responses(401, 429))
+    @app.get(
+        "/api/threads",
+        responses={200: answer(ThreadsOut, "the user's threads"), **error_responses(401, 429)},
+    )
     async def list_threads(user: ApiUser):
         async with pg.connection() as conn:
             rows = await conn.fetch(
@@ -408,7 +442,11 @@ def create_app() -> FastAPI:
             )
         return {"threads": [_thread(r) for r in rows]}
 
-    @app.post("/api/threads", status_code=201, responses=error_responses(401, 429))
+    @app.post(
+        "/api/threads",
+        status_code=201,
+        responses={201: answer(ThreadOut, "thread created"), **error_responses(401, 429)},
+    )
     async def create_thread(user: ApiUser, body: ThreadIn | None = None):
         title = ((body.title if body else None) or "").strip() or "New conversation"
         async with pg.connection() as conn:
@@ -420,7 +458,13 @@ def create_app() -> FastAPI:
             )
         return _thread(row)
 
-    @app.get("/api/threads/{thread_id}/messages", responses=error_responses(401, 404, 429))
+    @app.get(
+        "/api/threads/{thread_id}/messages",
+        responses={
+            200: answer(ThreadMessagesOut, "the thread and its messages"),
+            **error_responses(401, 404, 429),
+        },
+    )
     async def thread_messages(thread_id: str, user: ApiUser):
         try:
             tid = uuid.UUID(thread_id)
@@ -437,7 +481,10 @@ def create_app() -> FastAPI:
             )
         return {"thread": _thread(thread), "messages": [_message(r) for r in rows]}
 
-    @app.get("/api/usage", responses=error_responses(401, 429))
+    @app.get(
+        "/api/usage",
+        responses={200: answer(UsageOut, "usage totals"), **error_responses(401, 429)},
+    )
     async def usage(
         user: ApiUser,
         from_: str | None = Query(None, alias="from", pattern=BOUND_PATTERN),
@@ -456,9 +503,10 @@ def create_app() -> FastAPI:
 
     @app.post(
         "/api/billing/invoices",
+        status_code=201,
         responses={
-            200: {"description": "already invoiced"},
-            201: {"description": "created"},
+            201: answer(InvoiceOut, "invoice created"),
+            200: answer(InvoiceOut, "the period was already invoiced: the same invoice"),
             **error_responses(401, 429),
         },
     )
@@ -517,7 +565,10 @@ def create_app() -> FastAPI:
             log.info("invoice %s for %s: %s USD", invoice_id, period, body["total_usd"])
         return JSONResponse(body, status_code=201 if invoice_id is not None else 200)
 
-    @app.get("/api/billing/invoices", responses=error_responses(401, 429))
+    @app.get(
+        "/api/billing/invoices",
+        responses={200: answer(InvoicesOut, "the user's invoices"), **error_responses(401, 429)},
+    )
     async def list_invoices(user: ApiUser):
         async with pg.connection() as conn:
             rows = await conn.fetch(

@@ -6,8 +6,13 @@ operation of each schema gets a fixed-seed, bounded run. Every response must not
 have a status its operation declares and a body matching the declared schema, and a refused (4xx)
 request must leave every stored row as it was (a checksum of each table before and after).
 
+Every success body is declared with its type (tests/test_openapi_truth.py keeps it so), so the
+schema check reads 2xx answers too, not only errors.
+
 Discriminates: the backend before this issue's fix (an invoice period "0000-01" built
-datetime(0, 1, 1): a 500) turned it red; so does any route that answers a status it does not declare.
+datetime(0, 1, 1): a 500) turned it red; so does any route that answers a status it does not declare,
+and a success body its schema does not allow (tried: a required field added to the backend's
+ThreadOut: "Response violates schema" on its thread answers).
 """
 
 # ruff: noqa: F811 - fixtures imported from tests/test_backend.py are used by name

@@ -3,8 +3,9 @@
 Both services run for real (uvicorn subprocesses over real PostgreSQL and Redis, the backend also
 over our ClickHouse server and the LLM stand-in: the fixtures of tests/test_backend.py), and each
 operation of each schema gets a fixed-seed, bounded run. Every response must not be a 5xx, must
-have a status its operation declares and a body matching the declared schema, and a refused (4xx)
-request must leave every stored row as it was (a checksum of each table before and after).
+have a status its operation declares, with its declared content type, headers (a redirect's
+Location) and body schema, and a refused (4xx) request must leave every stored row as it was (a
+checksum of each table before and after).
 
 Every success body is declared with its type (tests/test_openapi_truth.py keeps it so), so the
 schema check reads 2xx answers too, not only errors.
@@ -33,7 +34,12 @@ import redis
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.test_auth_service import SECRET as AUTH_SECRET
 from tests.test_auth_service import BackendReceiver, MailSink, make_env
@@ -53,7 +59,13 @@ from tests.test_backend import (  # noqa: F401 - fixtures: the live backend over
     stop,
 )
 
-CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 BACKEND_TABLES = ("profiles", "threads", "messages", "invoices", "invoice_lines", "usage_outbox")
 AUTH_TABLES = ("users", "identities", "email_verifications", "announcements")
 # what a request writes; the rest of a row is written in the background (the announcer marks an

@@ -5,7 +5,8 @@ where text leaves the run (`redact_outputs`): the terminal, the JUnit XML file, 
 file and results.json; a channel written elsewhere (the job summary, notifications) calls them
 on its own text. Covered: JWTs, refresh and access tokens, passwords, API keys, OAuth codes and
 states, client secrets, Cookie / Set-Cookie and Authorization headers, under any key spelling
-(refresh_token, refreshToken, Refresh-Token, api_key, apikey, X-Api-Key ...).
+(refresh_token, refreshToken, Refresh-Token, api_key, apikey, X-Api-Key ...), and provider API keys
+in free text under no key at all (OpenAI `sk-…`, `sk-proj-…`, Anthropic `sk-ant-…`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ _AUTH_HEADER = re.compile(
 )
 # A bearer token anywhere (e.g. in an exception message).
 _BEARER = re.compile(r"(?i)\b(bearer\s+)(?!«)[A-Za-z0-9._~+/=-]{8,}")
+# A bare provider key in free text ("openai: 401 for sk-proj-…"): sk-, sk-proj-, sk-ant-api03-…
+# all are "sk-" and 20+ key characters. Not inside a word: "task-…", "risk-…" stay, and so does
+# "sk-learn" (too short).
+_BARE_API_KEY = re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}")
 
 
 def redact(text: str) -> str:
@@ -122,6 +127,7 @@ def redact(text: str) -> str:
     text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _JWT.sub(REDACTED, text)
+    text = _BARE_API_KEY.sub(REDACTED, text)
     return text
 
 

@@ -458,6 +458,58 @@ async def test_internal_announce_signature_and_idempotency(http, pg):
     assert await pg.fetchval("SELECT count(*) FROM profiles WHERE user_id = $1", uuid.UUID(uid)) == 1
 
 
+async def test_internal_announce_declares_its_json_body() -> None:
+    from stack.backend.app import create_app
+
+    operation = create_app().openapi()["paths"]["/internal/users"]["post"]
+    body = operation.get("requestBody", {})
+    schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+    assert body.get("required") is True, f"POST /internal/users declares no required body: {operation}"
+    assert set(schema.get("required", [])) == {"user_id", "email"}, schema
+    assert set(schema.get("properties", {})) == {"user_id", "email", "full_name", "created_at"}, schema
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'"a string"',
+        json.dumps({"email": "a@example.test"}).encode(),
+        json.dumps({"user_id": str(uuid.uuid4())}).encode(),
+        json.dumps({"user_id": "not-a-uuid", "email": "a@example.test"}).encode(),
+        json.dumps(
+            {"user_id": str(uuid.uuid4()), "email": "a@example.test", "created_at": "yesterday"}
+        ).encode(),
+    ],
+)
+async def test_internal_announce_refuses_a_malformed_body_after_the_signature(http, body) -> None:
+    unsigned = await http.post("/internal/users", content=body)
+    assert unsigned.status_code == 401, f"an unsigned body is judged before its signature: {unsigned.text}"
+    signed = await http.post("/internal/users", content=body, headers={"X-Throughline-Signature": sign(body)})
+    assert (signed.status_code, signed.json()) == (
+        422,
+        {"detail": "body must be {user_id, email, full_name, created_at}"},
+    ), signed.text
+
+
+async def test_internal_announce_reads_a_body_as_it_always_did(http, pg) -> None:
+    uid = uuid.uuid4()
+    body = json.dumps(
+        {
+            "user_id": uid.hex,
+            "email": "  Lin@Example.TEST ",
+            "full_name": None,
+            "created_at": "2025-06-07T08:09:10",
+        }
+    ).encode()
+    resp = await http.post("/internal/users", content=body, headers={"X-Throughline-Signature": sign(body)})
+    assert resp.status_code == 201, resp.text
+    row = await pg.fetchrow("SELECT * FROM profiles WHERE user_id = $1", uid)
+    assert (row["email"], row["full_name"]) == ("lin@example.test", ""), dict(row)
+    assert row["created_at"] == datetime(2025, 6, 7, 8, 9, 10, tzinfo=UTC), "a naive created_at is UTC"
+
+
 async def test_me_and_http_auth(http, users, rds):
     user = await users.new()
     me = await http.get("/api/me", headers=user["auth"])

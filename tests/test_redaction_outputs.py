@@ -28,6 +28,7 @@ SECRETS = {
     "oauth_state": "PLANTEDoauthStateAf0ifjsldkj",
     "cookie": "PLANTEDcookieSessionValue42",
     "basic": "UExBTlRFRDpiYXNpYy1jcmVkcw",
+    "bare_api_key": "sk-proj-PLANTEDbareKey0123456789_ab-cd",
 }
 SIGNATURE = SECRETS["jwt"].rsplit(".", 1)[1]
 JOURNEY = """
@@ -49,6 +50,7 @@ report.register_log_tail_provider(lambda: {"backend": (
     f"X-Api-Key: {S['api_key']}\\n"
     f"Authorization: Basic {S['basic']}\\n"
     f"login failed for a@example.com password={S['password']}\\n"
+    f"llm provider answered 401 for {S['bare_api_key']}\\n"
     "worker crashed")})
 
 
@@ -146,6 +148,29 @@ def test_no_planted_secret_reaches_any_output(
 )
 def test_should_redact_every_spelling(text: str, secret: str) -> None:
     assert secret not in redact(text)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk-abcdefghij0123456789KLMN",
+        "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12_mn-op",
+        "sk-ant-api03-Ab12Cd34Ef56Gh78Ij90Kl12-xyz_AA",
+    ],
+)
+def test_should_redact_a_bare_provider_api_key_in_free_text(key: str) -> None:
+    for text in (f"llm said 401 for {key}", f"key={key!r}", f"({key}).", f'"detail": "bad key {key}"'):
+        shown = redact(text)
+        assert key not in shown and REDACTED in shown, f"{text!r} was shown as {shown!r}"
+        assert "sk-" not in shown, f"part of the key is still shown: {shown!r}"
+
+
+def test_should_keep_words_that_merely_contain_sk_dash() -> None:
+    text = (
+        "pip install sk-learn scikit-learn; task-123 done; sk-short0123456789; "
+        "risk-0123456789abcdefghijklmn desk-ABCDEFGHIJ0123456789xyz"
+    )
+    assert redact(text) == text
 
 
 def test_should_keep_error_codes_and_connection_states_readable() -> None:

@@ -53,6 +53,19 @@ from stack.common.settings import Settings
 
 from . import users
 from .announce import Announcer, announcement_body
+from .answers import (
+    HealthOut,
+    JWKSOut,
+    ProviderOut,
+    ReadyOut,
+    ResendOut,
+    SignupOut,
+    TokensOut,
+    UserOut,
+    VerifiedOut,
+    answer,
+    redirect,
+)
 from .db import apply_migrations, create_pool
 from .keys import SigningKey, TokenError
 from .mail import Mailer
@@ -233,7 +246,12 @@ def _frontend(ctx: Ctx, path: str, **query: str) -> str:
 router = APIRouter()
 
 
-@router.post("/auth/signup", status_code=201, responses=error_responses(409))
+@router.post(
+    "/auth/signup",
+    status_code=201,
+    response_model=None,
+    responses={201: answer(SignupOut, "account created, verification email sent"), **error_responses(409)},
+)
 async def signup(body: SignupIn, request: Request) -> dict[str, str]:
     ctx = _ctx(request)
     errors: list[tuple[str, str]] = []
@@ -286,7 +304,12 @@ async def signup(body: SignupIn, request: Request) -> dict[str, str]:
     return {"user_id": str(user_id)}
 
 
-@router.post("/auth/verify/resend", status_code=202)
+@router.post(
+    "/auth/verify/resend",
+    status_code=202,
+    response_model=None,
+    responses={202: answer(ResendOut, "a new link is sent if the account is unverified")},
+)
 async def resend_verification(body: ResendIn, request: Request) -> dict[str, str]:
     """Sends a fresh link to an unverified account; the same answer either way (no enumeration)."""
     ctx = _ctx(request)
@@ -301,8 +324,14 @@ async def resend_verification(body: ResendIn, request: Request) -> dict[str, str
 
 @router.get(
     "/auth/verify",
+    status_code=303,
     response_model=None,
-    responses={303: {"description": "back to the login page"}, **error_responses(400)},
+    response_class=RedirectResponse,
+    responses={
+        303: redirect("back to the login page, with verified=1 or error=invalid_verification"),
+        200: answer(VerifiedOut, "verified (the client asked for application/json)"),
+        **error_responses(400),
+    },
 )
 async def verify_email(request: Request, token: str = "") -> Response:
     ctx = _ctx(request)
@@ -331,7 +360,11 @@ async def verify_email(request: Request, token: str = "") -> Response:
     return RedirectResponse(_frontend(ctx, "/login", verified="1"), status_code=303)
 
 
-@router.post("/auth/login", response_model=None, responses=error_responses(401, 403, 429))
+@router.post(
+    "/auth/login",
+    response_model=None,
+    responses={200: answer(TokensOut, "a new session"), **error_responses(401, 403, 429)},
+)
 async def login(body: LoginIn, request: Request) -> dict[str, Any] | JSONResponse:
     ctx = _ctx(request)
     email = _normalize_email(body.email)
@@ -359,7 +392,11 @@ async def login(body: LoginIn, request: Request) -> dict[str, Any] | JSONRespons
     return await _new_session(ctx, user)
 
 
-@router.post("/auth/refresh", responses=error_responses(401))
+@router.post(
+    "/auth/refresh",
+    response_model=None,
+    responses={200: answer(TokensOut, "the session's rotated tokens"), **error_responses(401)},
+)
 async def refresh(body: RefreshIn, request: Request) -> dict[str, Any]:
     ctx = _ctx(request)
     result = await ctx.sessions.rotate(body.refresh_token.strip())
@@ -384,7 +421,11 @@ async def logout(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/auth/me", responses=error_responses(401))
+@router.get(
+    "/auth/me",
+    response_model=None,
+    responses={200: answer(UserOut, "the signed-in user"), **error_responses(401)},
+)
 async def me(request: Request) -> dict[str, Any]:
     ctx = _ctx(request)
     claims = _bearer_claims(ctx, request)
@@ -396,7 +437,7 @@ async def me(request: Request) -> dict[str, Any]:
     return users.user_json(user)
 
 
-@router.get("/.well-known/jwks.json")
+@router.get("/.well-known/jwks.json", responses={200: answer(JWKSOut, "the token signing keys")})
 async def jwks(request: Request) -> JSONResponse:
     return JSONResponse(_ctx(request).keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
@@ -412,7 +453,11 @@ def _provider(ctx: Ctx, slug: str) -> OIDCProvider:
     return provider
 
 
-@router.get("/auth/providers")
+@router.get(
+    "/auth/providers",
+    response_model=None,
+    responses={200: {"model": list[ProviderOut], "description": "the OAuth providers configured"}},
+)
 async def providers(request: Request) -> list[dict[str, str]]:
     ctx = _ctx(request)
     return [
@@ -427,7 +472,8 @@ OAUTH_BINDING_COOKIE = "tl_oauth_binding"  # HttpOnly; ties a pending OAuth logi
 @router.get(
     "/auth/oauth/{provider}/start",
     status_code=302,
-    responses={302: {"description": "to the provider"}, **error_responses(404)},
+    response_class=RedirectResponse,
+    responses={302: redirect("to the provider, or to the login page with an error"), **error_responses(404)},
 )
 async def oauth_start(provider: str, request: Request) -> RedirectResponse:
     ctx = _ctx(request)
@@ -454,7 +500,8 @@ async def oauth_start(provider: str, request: Request) -> RedirectResponse:
 @router.get(
     "/auth/oauth/{provider}/callback",
     status_code=302,
-    responses={302: {"description": "to the app or its login page"}, **error_responses(404)},
+    response_class=RedirectResponse,
+    responses={302: redirect("to the app with a session, or to its login page"), **error_responses(404)},
 )
 async def oauth_callback(
     provider: str, request: Request, code: str = "", state: str = "", error: str = ""
@@ -573,12 +620,18 @@ async def _resolve_once(ctx: Ctx, provider: str, ident: OIDCUser) -> tuple[async
 # health
 
 
-@router.get("/health")
+@router.get("/health", response_model=None, responses={200: answer(HealthOut, "alive")})
 async def health() -> dict[str, str]:
     return {"status": "ok", "service": "auth"}
 
 
-@router.get("/ready", responses=error_responses(503))
+@router.get(
+    "/ready",
+    responses={
+        200: answer(ReadyOut, "every store answered"),
+        503: answer(ReadyOut, "some store did not answer"),
+    },
+)
 async def ready(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     checks: dict[str, str] = {}

@@ -19,10 +19,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from stack.common.errors import (
     ERROR_RESPONSES,
+    ErrorOut,
     FieldErrors,
     SafeStr,
     error_responses,
@@ -33,6 +34,20 @@ from stack.common.signing import SIGNATURE_HEADER, verify_signature
 
 from . import ratelimit
 from .agents import LLM
+from .answers import (
+    AnnouncedProfileOut,
+    HealthOut,
+    InvoiceOut,
+    InvoicesOut,
+    NotReadyOut,
+    ProfileOut,
+    ReadyOut,
+    ThreadMessagesOut,
+    ThreadOut,
+    ThreadsOut,
+    UsageOut,
+    answer,
+)
 from .auth import (
     Authenticator,
     AuthError,
@@ -75,6 +90,29 @@ class InvoiceIn(BaseModel):
     """POST /api/billing/invoices: a calendar month, YYYY-MM in ASCII digits."""
 
     period: Annotated[str, Field(pattern=f"^{PERIOD_RE.pattern}$", examples=["2026-05"])]
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return uuid.UUID(str(value))
+
+
+def _announced_at(value: Any) -> datetime | None:
+    if not value:
+        return None
+    created_at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return created_at if created_at.tzinfo is not None else created_at.replace(tzinfo=UTC)
+
+
+class AnnouncedUserIn(BaseModel):
+    """POST /internal/users (signed by the auth service): the new user's profile fields."""
+
+    user_id: Annotated[uuid.UUID, BeforeValidator(_uuid)]
+    email: Annotated[str, BeforeValidator(lambda v: str(v).strip().lower())]
+    full_name: Annotated[str, BeforeValidator(lambda v: str(v or ""))] = ""
+    created_at: Annotated[datetime | None, BeforeValidator(_announced_at)] = None
+
+
+ANNOUNCE_BODY_INVALID = "body must be {user_id, email, full_name, created_at}"
 
 
 @dataclass
@@ -302,11 +340,17 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": "store_unavailable", "store": exc.store}, status_code=503)
 
     # ------------------------------------------------------------- health
-    @app.get("/health")
+    @app.get("/health", responses={200: answer(HealthOut, "alive")})
     async def health():
         return {"status": "ok", "service": "backend"}
 
-    @app.get("/ready", responses=error_responses(503))
+    @app.get(
+        "/ready",
+        responses={
+            200: answer(ReadyOut, "every dependency answered"),
+            503: answer(NotReadyOut, "some dependency did not answer"),
+        },
+    )
     async def ready():
         async def check(coro) -> str:
             try:
@@ -329,25 +373,36 @@ def create_app() -> FastAPI:
         return {"status": "ready", "checks": checks}
 
     # ----------------------------------------------------------- internal
-    @app.post("/internal/users", responses={201: {"description": "created"}, **error_responses(401)})
+    # The body is read by hand after the signature check (an unsigned body is a 401 whatever it
+    # holds, and the signature covers the raw bytes), so it is declared, not a body parameter.
+    @app.post(
+        "/internal/users",
+        status_code=201,
+        responses={
+            201: answer(AnnouncedProfileOut, "profile created"),
+            200: answer(AnnouncedProfileOut, "profile already present (a repeated announcement)"),
+            # read by hand, so its 422 is a plain {"detail"} (a value PostgreSQL refuses adds errors)
+            422: answer(ErrorOut, "body is not the announced user"),
+            **error_responses(401),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": AnnouncedUserIn.model_json_schema()}},
+            }
+        },
+    )
     async def announce_user(request: Request):
         body = await request.body()
         if not verify_signature(body, request.headers.get(SIGNATURE_HEADER), cfg.internal_secret):
             log.warning("internal call with a bad signature rejected")
             raise HTTPException(401, "bad_signature")
         try:
-            data = json.loads(body)
-            user_id = uuid.UUID(str(data["user_id"]))
-            email = str(data["email"]).strip().lower()
-            full_name = str(data.get("full_name") or "")
-            created_raw = data.get("created_at")
-            created_at = (
-                datetime.fromisoformat(str(created_raw).replace("Z", "+00:00")) if created_raw else None
-            )
-            if created_at is not None and created_at.tzinfo is None:
-                created_at = created_at.replace(tzinfo=UTC)
-        except (ValueError, KeyError, TypeError):
-            raise HTTPException(422, "body must be {user_id, email, full_name, created_at}") from None
+            announced = AnnouncedUserIn.model_validate(json.loads(body))
+        except (ValueError, TypeError):  # not JSON, or pydantic's ValidationError (a ValueError)
+            raise HTTPException(422, ANNOUNCE_BODY_INVALID) from None
+        user_id, email, full_name = announced.user_id, announced.email, announced.full_name
+        created_at = announced.created_at
         async with pg.connection() as conn:
             row = await conn.fetchrow(
                 "INSERT INTO profiles (user_id, email, full_name, created_at) VALUES ($1, $2, $3, COALESCE($4, now())) "
@@ -364,7 +419,10 @@ def create_app() -> FastAPI:
         return JSONResponse({**_profile(row), "created": created}, status_code=201 if created else 200)
 
     # ---------------------------------------------------------------- api
-    @app.get("/api/me", responses=error_responses(401, 404, 429))
+    @app.get(
+        "/api/me",
+        responses={200: answer(ProfileOut, "the user's profile"), **error_responses(401, 404, 429)},
+    )
     async def me(user: ApiUser):
         async with pg.connection() as conn:
             row = await conn.fetchrow("SELECT * FROM profiles WHERE user_id = $1", uuid.UUID(user.user_id))
@@ -372,7 +430,10 @@ def create_app() -> FastAPI:
             raise HTTPException(404, "profile_not_found")
         return _profile(row)
 
-    @app.get("/api/threads", responses=error_responses(401, 429))
+    @app.get(
+        "/api/threads",
+        responses={200: answer(ThreadsOut, "the user's threads"), **error_responses(401, 429)},
+    )
     async def list_threads(user: ApiUser):
         async with pg.connection() as conn:
             rows = await conn.fetch(
@@ -381,7 +442,11 @@ def create_app() -> FastAPI:
             )
         return {"threads": [_thread(r) for r in rows]}
 
-    @app.post("/api/threads", status_code=201, responses=error_responses(401, 429))
+    @app.post(
+        "/api/threads",
+        status_code=201,
+        responses={201: answer(ThreadOut, "thread created"), **error_responses(401, 429)},
+    )
     async def create_thread(user: ApiUser, body: ThreadIn | None = None):
         title = ((body.title if body else None) or "").strip() or "New conversation"
         async with pg.connection() as conn:
@@ -393,7 +458,13 @@ def create_app() -> FastAPI:
             )
         return _thread(row)
 
-    @app.get("/api/threads/{thread_id}/messages", responses=error_responses(401, 404, 429))
+    @app.get(
+        "/api/threads/{thread_id}/messages",
+        responses={
+            200: answer(ThreadMessagesOut, "the thread and its messages"),
+            **error_responses(401, 404, 429),
+        },
+    )
     async def thread_messages(thread_id: str, user: ApiUser):
         try:
             tid = uuid.UUID(thread_id)
@@ -410,7 +481,10 @@ def create_app() -> FastAPI:
             )
         return {"thread": _thread(thread), "messages": [_message(r) for r in rows]}
 
-    @app.get("/api/usage", responses=error_responses(401, 429))
+    @app.get(
+        "/api/usage",
+        responses={200: answer(UsageOut, "usage totals"), **error_responses(401, 429)},
+    )
     async def usage(
         user: ApiUser,
         from_: str | None = Query(None, alias="from", pattern=BOUND_PATTERN),
@@ -429,9 +503,10 @@ def create_app() -> FastAPI:
 
     @app.post(
         "/api/billing/invoices",
+        status_code=201,
         responses={
-            200: {"description": "already invoiced"},
-            201: {"description": "created"},
+            201: answer(InvoiceOut, "invoice created"),
+            200: answer(InvoiceOut, "the period was already invoiced: the same invoice"),
             **error_responses(401, 429),
         },
     )
@@ -490,7 +565,10 @@ def create_app() -> FastAPI:
             log.info("invoice %s for %s: %s USD", invoice_id, period, body["total_usd"])
         return JSONResponse(body, status_code=201 if invoice_id is not None else 200)
 
-    @app.get("/api/billing/invoices", responses=error_responses(401, 429))
+    @app.get(
+        "/api/billing/invoices",
+        responses={200: answer(InvoicesOut, "the user's invoices"), **error_responses(401, 429)},
+    )
     async def list_invoices(user: ApiUser):
         async with pg.connection() as conn:
             rows = await conn.fetch(

@@ -17,7 +17,10 @@ CORS) installs the above and makes every other error an answer the UI can show:
   CORS error and the request id is lost);
 - a value PostgreSQL refuses to hold (asyncpg `DataError`: a NUL byte, an out-of-range number) is a
   422, not a 500 and never a store outage (503). Handlers should refuse such input by field first
-  (`SafeStr` below refuses NUL); this is the backstop.
+  (`SafeStr` below refuses NUL); this is the backstop;
+- a 405 keeps its `{"detail": "Method Not Allowed"}` but its `Allow` lists every method the path
+  answers: Starlette's names only the methods of the first route matching the path, so with
+  `GET /api/threads` and `POST /api/threads` a `DELETE` was told `Allow: GET`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from stack.common.request_id import send_internal_error
 
@@ -42,6 +48,7 @@ __all__ = [
     "InternalErrorMiddleware",
     "SafeStr",
     "ValidationOut",
+    "allowed_methods",
     "error_responses",
     "install_error_answers",
     "install_validation_handler",
@@ -168,9 +175,34 @@ class InternalErrorMiddleware:
             await send_internal_error(send, (scope.get("state") or {}).get("request_id"))
 
 
+def allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Every method some HTTP route of `app` answers at `path` (routes of included routers too)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= route.methods
+    return methods
+
+
+async def on_method_not_allowed(request: Request, exc: Exception) -> Response:
+    """A 405 whose `Allow` names all the methods of its path, not only its first route's."""
+    assert isinstance(exc, HTTPException)
+    root, path = request.scope.get("root_path", ""), request.scope["path"]
+    methods = allowed_methods(request.app, path.removeprefix(root) if root else path)
+    headers = dict(exc.headers or {})
+    if methods:  # else a handler raised its own 405: its headers stand
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = ", ".join(sorted(methods))
+    return await http_exception_handler(request, HTTPException(405, exc.detail, headers))
+
+
 def install_error_answers(app: FastAPI) -> None:
-    """Validation bodies, store-refused values as 422, and JSON 500s. Call before adding CORS."""
+    """Validation bodies, store-refused values as 422, full 405 Allow headers, and JSON 500s.
+
+    Call before adding CORS."""
     install_validation_handler(app)
+    app.add_exception_handler(405, on_method_not_allowed)
 
     async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
         _log.warning(

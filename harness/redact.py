@@ -90,9 +90,9 @@ _PY_OPAQUE = re.compile(rf"(?i)('(?:code|state)'\s*:\s*)'{_OPAQUE}'")
 _QS_KV = re.compile(rf"(?i)(?<![A-Za-z0-9])((?:{_KEYS})=)(?!«)[^&\s#\"'<>;]+")
 _QS_OPAQUE = re.compile(rf"(?i)([?&#](?:code|state)=){_OPAQUE}")
 # Cookie / Set-Cookie header lines: the whole value.
-_COOKIE_HEADER = re.compile(r"(?im)\b((?:set-)?cookie\s*:\s*)(?!«)[^\r\n<\"']+")
+_COOKIE_HEADER = re.compile(r"(?im)\b((?:set-)?cookie\s*:\s*+)(?!«)[^\r\n<\"']+")
 # X-Api-Key: value, Api-Key: value.
-_KEY_HEADER = re.compile(r"(?im)\b((?:x-)?api-?key\s*:\s*)(?!«)[^\s,;\"'<>]+")
+_KEY_HEADER = re.compile(r"(?im)\b((?:x-)?api-?key\s*:\s*+)(?!«)[^\s,;\"'<>]+")
 # password: hunter2, refresh_token = xyz (log lines, assertion messages).
 _PLAIN_KV = re.compile(
     r"(?i)\b((?:password|passwd|client[-_ ]?secret|api[-_ ]?key|(?:refresh|access|id)[-_ ]?token)\s*[:=]\s*)"

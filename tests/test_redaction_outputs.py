@@ -151,6 +151,22 @@ def test_should_redact_every_spelling(text: str, secret: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "Cookie: sid=abc123; csrftoken=def456",
+        "Set-Cookie: tl_refresh=xyz789; Path=/",
+        "X-Api-Key: sk-123",
+        'GET /cb?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj12 {"refresh": "rt-opaque-abcdef"}',
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+    ],
+)
+def test_should_leave_redacted_text_as_it_is(text: str) -> None:
+    """Text can pass redact() twice (a record, then its output file): the second pass changes nothing."""
+    once = redact(text)
+    assert redact(once) == once
+
+
+@pytest.mark.parametrize(
     "key",
     [
         "sk-abcdefghij0123456789KLMN",

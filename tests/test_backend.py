@@ -469,6 +469,10 @@ async def test_internal_announce_declares_its_json_body() -> None:
     assert set(schema.get("properties", {})) == {"user_id", "email", "full_name", "created_at"}, schema
 
 
+# A fixed id: xdist workers must collect the same test ids (a refused body stores nothing).
+REFUSED_USER_ID = "0b7d7a4e-5c1f-4d2e-9a6b-3f8e2c1d0a99"
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -476,12 +480,13 @@ async def test_internal_announce_declares_its_json_body() -> None:
         b"[]",
         b'"a string"',
         json.dumps({"email": "a@example.test"}).encode(),
-        json.dumps({"user_id": str(uuid.uuid4())}).encode(),
+        json.dumps({"user_id": REFUSED_USER_ID}).encode(),
         json.dumps({"user_id": "not-a-uuid", "email": "a@example.test"}).encode(),
         json.dumps(
-            {"user_id": str(uuid.uuid4()), "email": "a@example.test", "created_at": "yesterday"}
+            {"user_id": REFUSED_USER_ID, "email": "a@example.test", "created_at": "yesterday"}
         ).encode(),
     ],
+    ids=["not json", "a list", "a string", "no user_id", "no email", "bad uuid", "bad created_at"],
 )
 async def test_internal_announce_refuses_a_malformed_body_after_the_signature(http, body) -> None:
     unsigned = await http.post("/internal/users", content=body)

@@ -51,10 +51,10 @@ name = "profile-loses-name"
 breaks = "the dashboard greets a new person without a name"
 file = "stack/backend/app.py"
 find = """
-            full_name = str(data.get("full_name") or "")
+        user_id, email, full_name = announced.user_id, announced.email, announced.full_name
 """
 replace = """
-            full_name = ""
+        user_id, email, full_name = announced.user_id, announced.email, ""
 """
 '''
 
@@ -72,7 +72,7 @@ def test_should_load_a_valid_drills_file(tmp_path: Path) -> None:
     assert drills.controls == ("journeys/test_a.py::test_control",)
     assert drills.original_root() == PROJECT and drills.top == "stack"
     drill = drills.get("profile-loses-name")
-    assert drill.find.startswith("            full_name") and drill.replace.endswith('""\n')
+    assert drill.find.startswith("        user_id, email, full_name") and drill.replace.endswith('""\n')
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_a_drill_should_patch_only_the_scratch_copy_and_the_copy_should_go_away(
     original = (PROJECT / drill.file).read_text()
     with scratch_copy(drills, drill) as root:
         patched = (root / drill.file).read_text()
-        assert 'full_name = ""' in patched and drill.find not in patched
+        assert drill.replace in patched and drill.find not in patched
         assert (root / "stack" / "backend" / "chat.py").is_file(), "the copy is not the whole platform"
         assert not list(root.rglob("__pycache__")), "the copy carries compiled files of the original"
     assert not root.exists(), "the scratch copy was not thrown away"

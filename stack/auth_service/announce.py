@@ -31,6 +31,11 @@ __all__ = ["Announcer", "announcement_body"]
 log = logging.getLogger("auth.announce")
 MAX_ATTEMPTS = 40
 IDLE_POLL = 5.0
+# The announcements still to deliver, with what delivering one needs.
+PENDING = (
+    "SELECT id, user_id, body, attempts, request_id FROM announcements"
+    " WHERE delivered_at IS NULL AND failed_at IS NULL"
+)
 
 
 def announcement_body(user_id: str, email: str, full_name: str, created_at: datetime) -> str:
@@ -74,16 +79,10 @@ class Announcer:
         delivered = 0
         try:
             async with asyncio.timeout(timeout):
-                row = await self.pool.fetchrow(
-                    "SELECT id, user_id, body, attempts, request_id FROM announcements"
-                    " WHERE user_id = $1 AND delivered_at IS NULL AND failed_at IS NULL"
-                    " ORDER BY id LIMIT 1",
-                    user_id,
-                )
+                row = await self.pool.fetchrow(f"{PENDING} AND user_id = $1 ORDER BY id LIMIT 1", user_id)
                 if row is None:
                     return True
-                with bind_request_id(row["request_id"]):
-                    delivered = await self._deliver(row)
+                delivered = await self._deliver(row)
         except TimeoutError:
             log.warning("announcing user %s took over %.1f s; the outbox delivers it", user_id, timeout)
         if not delivered:
@@ -118,18 +117,18 @@ class Announcer:
 
     async def deliver_due(self) -> int:
         """Try every due announcement once; returns how many were delivered."""
-        rows = await self.pool.fetch(
-            "SELECT id, user_id, body, attempts, request_id FROM announcements"
-            " WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()"
-            " ORDER BY id LIMIT 50"
-        )
+        rows = await self.pool.fetch(f"{PENDING} AND next_attempt_at <= now() ORDER BY id LIMIT 50")
         delivered = 0
         for row in rows:
-            with bind_request_id(row["request_id"]):
-                delivered += await self._deliver(row)
+            delivered += await self._deliver(row)
         return delivered
 
     async def _deliver(self, row: asyncpg.Record) -> int:
+        """POST one announcement (a row of PENDING) under its signup's request id; 1 if accepted."""
+        with bind_request_id(row["request_id"]):
+            return await self._post(row)
+
+    async def _post(self, row: asyncpg.Record) -> int:
         body = row["body"].encode()
         headers = {
             "Content-Type": "application/json",
